@@ -1,0 +1,3 @@
+from simmoe.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Scenario files: schema, loading (extends + dotted overrides) and up-front validation."""

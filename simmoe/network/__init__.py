@@ -1,0 +1,1 @@
+"""Flow-level network model: collectives become flows, flows share links by max-min fairness."""
