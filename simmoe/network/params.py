@@ -1,0 +1,42 @@
+"""Network parameters: protocol efficiency per link class, per-message latency and the
+message-size efficiency curve. One documented set serves every case (docs/network.md); calibration
+may replace it, nothing may key it to a particular case.
+
+CONTRACT: the flow-level and analytical backends read only these methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    # Fraction of a link's line rate that collective payload achieves at large messages (protocol
+    # headers, flow control, NCCL's LL128/Simple framing). Values and their sources: docs/network.md.
+    link_efficiency: dict[str, float] = field(default_factory=lambda: {
+        "nvlink": 0.82,
+        "pcie": 0.80,
+        "ib-ndr": 0.97,
+        "ib-hdr": 0.97,
+        "ib-xdr": 0.97,
+        "eth-100g": 0.90,
+        "eth-400g": 0.90,
+        "wan": 0.90,
+    })
+    default_link_efficiency: float = 0.90
+    # Software + launch latency paid once per sequential step of a collective (NCCL's alpha).
+    step_latency_s: float = 5e-6
+    # Per-flow message-size efficiency: eff(m) = m / (m + half_efficiency_bytes). Small messages
+    # cannot fill a pipe: fixed per-chunk costs dominate.
+    half_efficiency_bytes: float = 64 * 1024
+
+    def efficiency_of(self, link_class: str) -> float:
+        return self.link_efficiency.get(link_class, self.default_link_efficiency)
+
+    def message_efficiency(self, size_bytes):
+        """Fraction of bandwidth a message of ``size_bytes`` achieves (array-friendly)."""
+        return size_bytes / (size_bytes + self.half_efficiency_bytes)
+
+
+DEFAULT_NETWORK_PARAMS = NetworkParams()
