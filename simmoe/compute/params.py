@@ -1,0 +1,171 @@
+"""Roofline parameters: read once from simmoe/data/roofline.yaml (or a file given), validated.
+
+Only the numbers the model uses are kept; each one's source stays in the YAML and docs/compute.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from simmoe.errors import InputError
+from simmoe.paths import PACKAGE_DATA_DIR
+
+DEFAULT_ROOFLINE_FILE = PACKAGE_DATA_DIR / "roofline.yaml"
+DTYPES = ("bf16", "fp8")
+
+
+@dataclass(frozen=True)
+class DtypeBytes:
+    input_bytes: float
+    output_bytes: float
+    a_scale_bytes_per_element: float
+    b_scale_bytes_per_element: float
+
+
+@dataclass(frozen=True)
+class GemmAnchor:
+    """One measured (or assumed) GEMM rate on one GPU, from which the main-loop efficiency is solved."""
+
+    gpu: str
+    m: int
+    n: int
+    k: int
+    measured_tflops: float | None
+    assumed_fraction_of_peak: float | None
+
+
+@dataclass(frozen=True)
+class RooflineParams:
+    kernel_overhead_s: float
+    hbm_anchor_gpu: str
+    hbm_measured_TBps: float
+    tile_shapes: tuple[tuple[int, int], ...]
+    tile_k: dict[str, int]
+    split_k_workspace_bytes_per_output_element: float
+    anchors: dict[str, GemmAnchor]
+    dtypes: dict[str, DtypeBytes]
+    attention_block_q: int
+    attention_block_k: int
+    attention_fraction_of_peak: dict[str, float]  # keys "<dtype>_forward" / "<dtype>_backward"
+    source: str  # file name the parameters came from
+    path: str  # full path of that file
+    sha256: str  # of that file's text: names the parameter set in results metadata
+
+
+def _get(tree: dict, path: str, file: str):
+    node = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise InputError("missing field", file=file, field=path)
+        node = node[part]
+    return node
+
+
+def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_zero: bool = False):
+    value = _get(tree, path, file)
+    kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not kind_ok or value < 0 or (value == 0 and not allow_zero):
+        allowed = "a positive integer" if integer else ("a number >= 0" if allow_zero else "a positive number")
+        raise InputError("bad value", file=file, field=path, value=value, allowed=allowed, has_value=True)
+    return value
+
+
+def _parse(text: str, file: str) -> RooflineParams:
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {exc}", file=file) from exc
+    if not isinstance(tree, dict):
+        raise InputError("expected a mapping at the top level", file=file)
+
+    shapes = _get(tree, "gemm.tile_shapes.value", file)
+    if (
+        not isinstance(shapes, list)
+        or not shapes
+        or not all(isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and x > 0 for x in s) for s in shapes)
+    ):
+        raise InputError("bad value", file=file, field="gemm.tile_shapes.value", value=shapes,
+                         allowed="a non-empty list of [rows, columns] positive integers", has_value=True)
+
+    anchors = {}
+    for dtype in DTYPES:
+        base = f"gemm.anchors.{dtype}"
+        node = _get(tree, base, file)
+        has_measured, has_fraction = "measured_tflops" in node, "assumed_fraction_of_peak" in node
+        if has_measured == has_fraction:
+            raise InputError("give exactly one of measured_tflops or assumed_fraction_of_peak", file=file, field=base)
+        fraction = _positive(tree, f"{base}.assumed_fraction_of_peak", file) if has_fraction else None
+        if fraction is not None and fraction > 1:
+            raise InputError("bad value", file=file, field=f"{base}.assumed_fraction_of_peak", value=fraction,
+                             allowed="a fraction in (0, 1]")
+        anchors[dtype] = GemmAnchor(
+            gpu=str(_get(tree, f"{base}.gpu", file)),
+            m=_positive(tree, f"{base}.m", file, integer=True),
+            n=_positive(tree, f"{base}.n", file, integer=True),
+            k=_positive(tree, f"{base}.k", file, integer=True),
+            measured_tflops=_positive(tree, f"{base}.measured_tflops", file) if has_measured else None,
+            assumed_fraction_of_peak=fraction,
+        )
+
+    dtypes = {
+        dtype: DtypeBytes(
+            input_bytes=_positive(tree, f"dtypes.{dtype}.input_bytes", file),
+            output_bytes=_positive(tree, f"dtypes.{dtype}.output_bytes", file),
+            a_scale_bytes_per_element=_positive(
+                tree, f"dtypes.{dtype}.a_scale_bytes_per_element", file, allow_zero=True),
+            b_scale_bytes_per_element=_positive(
+                tree, f"dtypes.{dtype}.b_scale_bytes_per_element", file, allow_zero=True),
+        )
+        for dtype in DTYPES
+    }
+
+    fractions = _get(tree, "attention.fraction_of_peak", file)
+    if not isinstance(fractions, dict) or not fractions:
+        raise InputError("expected a mapping such as {bf16_forward: 0.65}", file=file,
+                         field="attention.fraction_of_peak")
+    attention_fraction = {}
+    for key in fractions:
+        value = _positive(tree, f"attention.fraction_of_peak.{key}", file)
+        if value > 1:
+            raise InputError("bad value", file=file, field=f"attention.fraction_of_peak.{key}", value=value,
+                             allowed="a fraction in (0, 1]")
+        attention_fraction[str(key)] = float(value)
+
+    return RooflineParams(
+        kernel_overhead_s=float(_positive(tree, "kernel_overhead_s.value", file, allow_zero=True)),
+        hbm_anchor_gpu=str(_get(tree, "hbm.anchor_gpu", file)),
+        hbm_measured_TBps=float(_positive(tree, "hbm.measured_TBps", file)),
+        tile_shapes=tuple((int(r), int(c)) for r, c in shapes),
+        tile_k={dtype: _positive(tree, f"gemm.tile_k.{dtype}", file, integer=True) for dtype in DTYPES},
+        split_k_workspace_bytes_per_output_element=float(
+            _positive(tree, "gemm.split_k_workspace_bytes_per_output_element.value", file, allow_zero=True)
+        ),
+        anchors=anchors,
+        dtypes=dtypes,
+        attention_block_q=_positive(tree, "attention.block_q", file, integer=True),
+        attention_block_k=_positive(tree, "attention.block_k", file, integer=True),
+        attention_fraction_of_peak=attention_fraction,
+        source=Path(file).name,
+        path=str(file),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+@cache
+def _load_cached(path: str) -> RooflineParams:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read roofline parameters: {exc.strerror}", file=str(file)) from exc
+    return _parse(text, str(file))
+
+
+def load_roofline_params(path: str | Path | None = None) -> RooflineParams:
+    """Parameters from ``path``, or the defaults shipped with simmoe."""
+    return _load_cached(str(Path(path) if path is not None else DEFAULT_ROOFLINE_FILE))
