@@ -1,0 +1,345 @@
+"""The scenario schema: one YAML file describes a model, how it is trained, how it is split over the
+cluster, how tokens are routed, what things cost and how to simulate it.
+
+Every section forbids unknown fields (a typo is an error, never a silently ignored setting) and is
+strict about types (``layers: "61"`` or ``layers: 61.0`` is an error). Field names follow Megatron-LM
+/ DeepSpeed / DeepSeek usage; numbers with units carry them in the name. Rules that tie several
+fields together live in :mod:`simmoe.config.rules`; rules that need the topology run in
+:mod:`simmoe.config.loader`. docs/scenario.md documents every field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives ints, floats and bools; a quoted "8" is a mistake worth reporting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class MhaAttention(_Section):
+    """Multi-head attention: one K/V head per query head."""
+
+    type: Literal["mha"]
+    heads: PosInt
+    head_dim: PosInt | None = None  # null: hidden / heads
+
+
+class GqaAttention(_Section):
+    """Grouped-query attention: ``kv_heads`` K/V heads shared by groups of query heads."""
+
+    type: Literal["gqa"]
+    heads: PosInt
+    kv_heads: PosInt
+    head_dim: PosInt | None = None  # null: hidden / heads
+
+
+class MlaAttention(_Section):
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank Q and compressed KV."""
+
+    type: Literal["mla"]
+    heads: PosInt
+    q_lora_rank: PosInt | None  # null: Q is a full-rank projection (DeepSeek-V2-Lite)
+    kv_lora_rank: PosInt
+    qk_nope_head_dim: PosInt
+    qk_rope_head_dim: PosInt
+    v_head_dim: PosInt
+
+
+Attention = Annotated[Union[MhaAttention, GqaAttention, MlaAttention], Field(discriminator="type")]
+
+LAYER_PATTERNS = ("all_after_dense", "every_other")
+
+
+class Moe(_Section):
+    """Mixture-of-Experts FFN. Absent from ``model`` means a dense model."""
+
+    routed_experts: PosInt
+    shared_experts: NonNegInt = 0
+    top_k: PosInt
+    expert_ffn: PosInt  # intermediate size of one routed expert
+    shared_expert_ffn: PosInt | None = None  # per shared expert; null: expert_ffn
+    # Which layers are MoE (0-based): "all_after_dense" = every layer from dense_layers on;
+    # "every_other" = odd layers (1, 3, 5, ...) from dense_layers on, as Llama 4 and GShard;
+    # or an explicit list of layer indices.
+    layer_pattern: Literal["all_after_dense", "every_other"] | list[NonNegInt] = "all_after_dense"
+    router_dtype: Literal["fp32", "bf16", "fp64"] = "fp32"
+
+    @field_validator("layer_pattern", mode="before")
+    @classmethod
+    def _pattern_shape(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's per-union-member errors.
+        if isinstance(value, str):
+            if value not in LAYER_PATTERNS:
+                raise ValueError(f"unknown layer pattern {value!r}")
+            return value
+        if isinstance(value, list):
+            if not value or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+                raise ValueError("an explicit layer_pattern must be a non-empty list of layer indices >= 0")
+            return value
+        raise ValueError(f"layer_pattern must be a name or a list of layer indices, got {type(value).__name__}")
+
+
+class Model(_Section):
+    name: str
+    layers: PosInt  # transformer blocks of the main model (MTP modules not included)
+    dense_layers: NonNegInt = 0  # leading blocks with a dense FFN (DeepSeek first_k_dense_replace)
+    hidden: PosInt
+    attention: Attention
+    dense_ffn: PosInt | None = None  # intermediate size of the dense FFN; needed if any layer is dense
+    vocab: PosInt
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    mtp_depth: NonNegInt = 0  # multi-token-prediction modules (DeepSeek-V3: 1)
+    tied_embeddings: bool = False
+    moe: Moe | None = None
+
+    def moe_layer_indices(self) -> tuple[int, ...]:
+        """0-based indices of the main model's MoE layers (empty for a dense model)."""
+        if self.moe is None:
+            return ()
+        pattern = self.moe.layer_pattern
+        if pattern == "all_after_dense":
+            return tuple(range(self.dense_layers, self.layers))
+        if pattern == "every_other":
+            return tuple(i for i in range(self.dense_layers, self.layers) if i % 2 == 1)
+        return tuple(sorted(set(pattern)))
+
+    def dense_layer_indices(self) -> tuple[int, ...]:
+        """0-based indices of the main model's layers with a dense FFN."""
+        moe = set(self.moe_layer_indices())
+        return tuple(i for i in range(self.layers) if i not in moe)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class BatchRamp(_Section):
+    """Global batch grows linearly from ``start_global_batch`` to ``global_batch`` over
+    ``ramp_tokens`` (Megatron's --rampup-batch-size; DeepSeek-V3: 3072 -> 15360 over 469B)."""
+
+    start_global_batch: PosInt  # sequences
+    ramp_tokens: PosFloat
+
+
+class Optimizer(_Section):
+    # muon: one momentum buffer per parameter (Kimi K2's MuonClip); adam/adamw: two moments.
+    type: Literal["adam", "adamw", "sgd", "muon"] = "adamw"
+    master_weights_dtype: Literal["fp32", "bf16"] = "fp32"
+    moments_dtype: Literal["fp32", "bf16"] = "fp32"
+
+
+class Training(_Section):
+    seq_len: PosInt  # tokens per sequence
+    global_batch: PosInt  # sequences per optimizer step
+    micro_batch: PosInt  # sequences per micro-batch per data-parallel rank
+    precision: Literal["bf16", "fp8"] = "bf16"  # GEMM precision
+    total_tokens: PosFloat  # tokens over the whole run
+    batch_ramp: BatchRamp | None = None
+    activation_recompute: Literal["none", "selective", "full"] = "none"
+    optimizer: Optimizer = Optimizer()
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = 1  # 1 = Megatron's distributed optimizer
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+
+# --------------------------------------------------------------------------------- parallelism
+
+
+class Parallelism(_Section):
+    tp: PosInt = 1
+    pp: PosInt = 1
+    vpp: PosInt = 1  # virtual pipeline stages (model chunks) per pipeline rank
+    cp: PosInt = 1
+    ep: PosInt = 1
+    expert_tp: PosInt = 1
+    dp: PosInt | None = None  # null: derived as GPUs / (tp * pp * cp); filled in by the loader
+    schedule: Literal["1f1b", "interleaved", "dualpipe"] = "1f1b"
+    sequence_parallel: bool = False
+    # Uneven pipeline split (in the spirit of Megatron's --decoder-first/last-pipeline-num-layers):
+    # blocks on the first / last virtual stage; the rest split evenly over the other stages.
+    first_stage_layers: NonNegInt | None = None
+    last_stage_layers: NonNegInt | None = None
+
+    @property
+    def model_parallel_size(self) -> int:
+        """tp * pp * cp: GPUs holding one replica of the dense part."""
+        return self.tp * self.pp * self.cp
+
+    @property
+    def world_size(self) -> int:
+        if self.dp is None:
+            raise ValueError("parallelism.dp is not resolved yet (load the scenario with load_scenario)")
+        return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def edp(self) -> int:
+        """Expert-data-parallel size: tp*cp*dp ranks re-factored as expert_tp * ep * edp (Megatron)."""
+        if self.dp is None:
+            raise ValueError("parallelism.dp is not resolved yet (load the scenario with load_scenario)")
+        return (self.tp * self.cp * self.dp) // (self.ep * self.expert_tp)
+
+    @property
+    def virtual_stages(self) -> int:
+        return self.pp * self.vpp
+
+
+# ------------------------------------------------------------------------------------- routing
+
+
+class Drift(_Section):
+    """How expert popularity moves over a run."""
+
+    model: Literal["none", "collapse", "aux_loss", "bias_balancing"] = "none"
+    # Auxiliary balance-loss weight (Switch: 0.01). Also allowed with bias_balancing, as
+    # DeepSeek-V3's complementary sequence-wise loss (0.0001). null: the routing model's default.
+    aux_loss_coeff: NonNegFloat | None = None
+    # Bias update speed gamma of auxiliary-loss-free balancing (DeepSeek-V3: 0.001).
+    bias_update_speed: NonNegFloat | None = None
+
+
+class Imbalance(_Section):
+    """Expert popularity per layer."""
+
+    model: Literal["uniform", "zipf", "dirichlet", "trace"] = "uniform"
+    s: PosFloat | None = None  # Zipf exponent (zipf only)
+    alpha: PosFloat | None = None  # Dirichlet concentration (dirichlet only)
+    trace_file: str | None = None  # Parquet of expert counts (trace only)
+    drift: Drift = Drift()
+
+    @field_validator("drift", mode="before")
+    @classmethod
+    def _drift_shorthand(cls, value: Any) -> Any:
+        # `drift: bias_balancing` is shorthand for `drift: {model: bias_balancing}`.
+        return {"model": value} if isinstance(value, str) else value
+
+
+class Routing(_Section):
+    policy: Literal["token_choice", "expert_choice"] = "token_choice"
+    imbalance: Imbalance = Imbalance()
+    capacity_factor: PosFloat | None = None  # null: unlimited (no token is dropped)
+    execution: Literal["padded", "dropless"] = "dropless"
+    node_limited_max_nodes: Annotated[int, Field(ge=1)] | None = None  # null: off
+    expert_placement: Literal["contiguous", "round_robin", "topology_aware"] = "contiguous"
+    hierarchical_a2a: bool = False
+    dispatch_dtype: Literal["fp8", "bf16"] = "bf16"
+
+
+# ---------------------------------------------------------------------------- cluster, costs, sim
+
+
+class Cluster(_Section):
+    topology: str  # a path, or a name in topologies/
+    nodes: PosInt | None = None  # null: every node of the topology; filled in by the loader
+
+
+class Costs(_Section):
+    # Defaults are assumptions, not measurements (docs/scenario.md says where each comes from).
+    price_per_gpu_hour_usd: NonNegFloat = 2.0
+    power_price_usd_per_kwh: NonNegFloat = 0.10
+    pue: Annotated[float, Field(ge=1.0)] = 1.2
+    grid_kgco2_per_kwh: NonNegFloat = 0.429
+    water_l_per_kwh: NonNegFloat = 1.8
+
+
+class Simulation(_Section):
+    seed: NonNegInt = 0
+    steps: PosInt = 10  # steps recorded, after the warm-up steps
+    warmup_steps: NonNegInt = 2  # simulated first and left out of every statistic
+    fidelity: Literal["analytical", "flow"] = "flow"
+
+
+class Scenario(_Section):
+    name: str | None = None
+    description: str | None = None
+    model: Model
+    training: Training
+    parallelism: Parallelism = Parallelism()
+    routing: Routing = Routing()
+    cluster: Cluster
+    costs: Costs = Costs()
+    simulation: Simulation = Simulation()
+
+    # Set by the loader; not part of the file.
+    _source_file: str | None = PrivateAttr(default=None)
+    _topology_path: str | None = PrivateAttr(default=None)
+    _gpus_per_node: int | None = PrivateAttr(default=None)
+    _gpu_model: str | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> str | None:
+        return self._source_file
+
+    @property
+    def topology_path(self) -> Path:
+        if self._topology_path is not None:
+            return Path(self._topology_path)
+        from simmoe.paths import resolve_topology
+
+        return resolve_topology(self.cluster.topology)
+
+    @property
+    def gpus(self) -> int:
+        return self.parallelism.world_size
+
+    @property
+    def gpus_per_node(self) -> int | None:
+        return self._gpus_per_node
+
+    @property
+    def gpu_model(self) -> str | None:
+        return self._gpu_model
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches each pipeline runs per optimizer step (gradient-accumulation steps)."""
+        return self.training.global_batch // (self.training.micro_batch * self._dp())
+
+    def _dp(self) -> int:
+        if self.parallelism.dp is None:
+            raise ValueError("parallelism.dp is not resolved yet (load the scenario with load_scenario)")
+        return self.parallelism.dp
+
+    def stage_layers(self) -> tuple[int, ...]:
+        """Transformer blocks per virtual pipeline stage, in model order (chunk c runs on pipeline
+        rank c % pp as its (c // pp)-th chunk). Blocks = model.layers + model.mtp_depth; MTP
+        modules come last. The loader has checked that the split is valid."""
+        from simmoe.config.rules import split_stage_layers
+
+        split = split_stage_layers(self.model.layers + self.model.mtp_depth, self.parallelism)
+        if split is None:
+            raise ValueError("the pipeline split is invalid (load the scenario with load_scenario)")
+        return split
+
+    def derived(self) -> dict[str, Any]:
+        """Values the loader derives, for `simmoe check` and result metadata."""
+        p = self.parallelism
+        out: dict[str, Any] = {
+            "gpus": self.gpus,
+            "nodes": self.cluster.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "gpu_model": self.gpu_model,
+            "topology_path": str(self._topology_path) if self._topology_path else None,
+            "dp": p.dp,
+            "edp": p.edp if self.model.moe is not None else None,
+            "experts_per_ep_rank": (self.model.moe.routed_experts // p.ep) if self.model.moe else None,
+            "micro_batches_per_step": self.micro_batches_per_step,
+            "tokens_per_step": self.training.tokens_per_step,
+            "steps_at_full_batch": self.training.total_tokens / self.training.tokens_per_step,
+            "moe_layers": len(self.model.moe_layer_indices()),
+            "stage_layers": list(self.stage_layers()),
+        }
+        return out
