@@ -1,0 +1,65 @@
+"""Time to draw the routing of one DeepSeek-V3-sized training step.
+
+EP64 over 8 nodes (8 GPUs each), 256 routed experts (4 per rank), top-8, node-limited to 4 nodes,
+4096 tokens per rank per micro-batch, 58 MoE layers x N micro-batches. Prints a table; nothing here
+is asserted (timings depend on the machine).
+
+    .venv/bin/python benchmarks/bench_routing.py [--microbatches 8 16] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from simmoe.routing import EPGroup, RoutingModel
+
+
+def deepseek_v3_group() -> EPGroup:
+    ep, experts, gpus_per_node = 64, 256, 8
+    return EPGroup(expert_to_rank=np.arange(experts) // (experts // ep),
+                   rank_to_node=np.arange(ep) // gpus_per_node, tokens_per_rank=4096, top_k=8)
+
+
+def time_step(model: RoutingModel, layers: int, microbatches: int, step: int) -> tuple[float, float]:
+    """Returns (seconds for the per-(step, layer) probabilities, seconds for all draws)."""
+    t0 = time.perf_counter()
+    for layer in range(layers):
+        model.probabilities(step, layer)
+    t1 = time.perf_counter()
+    for layer in range(layers):
+        for mb in range(microbatches):
+            model.draw(step, layer, mb)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--microbatches", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--layers", type=int, default=58)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    group = deepseek_v3_group()
+    rows = []
+    for drift in ("none", "aux_loss"):
+        for mb in args.microbatches:
+            for method in ("threshold", "exact"):
+                model = RoutingModel(group, num_layers=args.layers, popularity="zipf", zipf_s=0.5,
+                                     drift=drift, max_nodes_per_token=4, capacity_factor=None,
+                                     inclusion_method=method, seed=args.seed)
+                prep, draws = time_step(model, args.layers, mb, step=1)
+                n = args.layers * mb
+                rows.append((drift, mb, method, prep, draws, 1e3 * draws / n, prep + draws))
+    print(f"{'drift':<9} {'micro-batches':>13} {'inclusion':>9} {'prep_s':>8} {'draws_s':>8} "
+          f"{'ms/draw':>8} {'step_s':>8}")
+    for drift, mb, method, prep, draws, per, total in rows:
+        print(f"{drift:<9} {mb:>13} {method:>9} {prep:>8.2f} {draws:>8.2f} {per:>8.2f} "
+              f"{total:>8.2f}")
+    print("prep = per-(step, layer) probabilities (cached across steps when popularity is static);"
+          " draws = 58 layers x micro-batches aggregated draws")
+
+
+if __name__ == "__main__":
+    main()
