@@ -31,7 +31,8 @@ class OpBase:
 
 @dataclass(frozen=True)
 class GemmOp(OpBase):
-    """`count` identical GEMMs (m x k) @ (k x n)."""
+    """`count` identical GEMMs (m x k) @ (k x n). In phase "bwd" the op stands for both products
+    of the backward of that forward GEMM, dgrad and wgrad (simmoe.compute.gemm_backward_s)."""
 
     m: int = 0
     n: int = 0

@@ -1,0 +1,142 @@
+"""Memory model: a hand-computed oracle, monotonicity, pipeline in-flight counts, published setups."""
+
+from __future__ import annotations
+
+import pytest
+
+from simmoe.config.schema import Scenario
+from simmoe.errors import InputError
+from simmoe.memory import RESERVE_BYTES, in_flight, memory_breakdown
+from simmoe.workload import stage_local_params
+
+TINY = dict(name="tiny", layers=1, hidden=8, vocab=32, attention=dict(type="mha", heads=2), dense_ffn=16)
+MOE = dict(name="moe", layers=8, dense_layers=0, hidden=64, vocab=512,
+           attention=dict(type="gqa", heads=8, kv_heads=4), dense_ffn=128,
+           moe=dict(routed_experts=8, shared_experts=1, top_k=2, expert_ffn=32))
+DEEPSEEK_V3 = dict(
+    name="DeepSeek-V3", layers=61, dense_layers=3, hidden=7168,
+    attention=dict(type="mla", heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                   qk_rope_head_dim=64, v_head_dim=128),
+    dense_ffn=18432, vocab=129280, mtp_depth=1,
+    moe=dict(routed_experts=256, shared_experts=1, top_k=8, expert_ffn=2048))
+MIXTRAL_8X22B = dict(
+    name="Mixtral-8x22B", layers=56, hidden=6144, attention=dict(type="gqa", heads=48, kv_heads=8, head_dim=128),
+    dense_ffn=16384, vocab=32768, moe=dict(routed_experts=8, top_k=2, expert_ffn=16384))
+
+
+def scenario(model=MOE, par=None, routing=None, **training):
+    t = dict(seq_len=32, global_batch=64, micro_batch=1, total_tokens=1e9)
+    t.update(training)
+    p = dict(dp=1)
+    p.update(par or {})
+    return Scenario.model_validate(dict(model=model, training=t, parallelism=p, routing=routing or {},
+                                        cluster=dict(topology="none")))
+
+
+def test_tiny_dense_by_hand():
+    s = scenario(TINY, seq_len=4, global_batch=1, zero_stage=0)
+    b = memory_breakdown(s, gpu="H100-SXM")
+    n = 32 * 8 + 32 * 8 + 8 + (4 * 8 * 8 + 2 * 8 + 3 * 8 * 16)  # emb, head, final norm, block
+    assert b.parameters_bytes == 2 * n
+    assert b.gradients_bytes == 4 * n
+    assert b.optimizer_bytes == 12 * n  # FP32 master + two FP32 Adam moments
+    T, d = 4, 8
+    attention = (T * d * 2 + T * d * 2  # ln1 input, QKV input
+                 + T * 2 * 4 * 2 + T * 2 * 4  # O (2 heads x 4) in BF16, LSE in FP32
+                 + T * (8 + 16) * 2)  # Q, K, V
+    ffn = T * d * 2 + T * d * 2 + T * 32 * 2 + T * 16 * 2  # ln2 in, fc1 in, fc1 out, fc2 in
+    head = T * d * 2 + T * d * 2 + T * 32 * 4  # final-norm in, head in, FP32 softmax
+    assert b.activations_bytes == attention + ffn + head
+    assert b.a2a_buffers_bytes == 0 and b.reserve_bytes == RESERVE_BYTES
+    assert b.total_bytes == 18 * n + attention + ffn + head + RESERVE_BYTES
+    assert b.fits is True and b.hbm_bytes == 80e9
+    assert b.gib()["total"] == pytest.approx(b.total_bytes / 2**30)
+
+
+def test_zero_sharding_by_hand():
+    s = scenario(par=dict(ep=2, dp=4), zero_stage=1)
+    lp = stage_local_params(s, 0)
+    b = memory_breakdown(s)
+    assert b.optimizer_bytes == pytest.approx(12 * (lp.dense / 4 + lp.experts / 2))  # edp = 4/2
+    assert b.gradients_bytes == 4 * lp.total and b.fits is None  # no GPU named
+
+
+@pytest.mark.parametrize("par", [dict(ep=2, dp=4), dict(tp=2, ep=4, dp=4, pp=2), dict(ep=8, dp=8, cp=1)])
+def test_each_zero_stage_never_uses_more(par):
+    totals = [memory_breakdown(scenario(par=par, zero_stage=z)) for z in range(4)]
+    for lo, hi in zip(totals[1:], totals[:-1]):
+        assert lo.total_bytes <= hi.total_bytes
+        assert lo.parameters_bytes + lo.gradients_bytes + lo.optimizer_bytes <= \
+            hi.parameters_bytes + hi.gradients_bytes + hi.optimizer_bytes
+    assert totals[3].total_bytes < totals[0].total_bytes
+
+
+@pytest.mark.parametrize("model", [MOE, dict(DEEPSEEK_V3, layers=8, dense_layers=1, mtp_depth=0)])
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_recompute_never_uses_more(model, precision):
+    acts = [memory_breakdown(scenario(model, activation_recompute=r, precision=precision)).activations_bytes
+            for r in ("none", "selective", "full")]
+    assert acts[0] > acts[1] > acts[2]
+
+
+def test_in_flight_micro_batches():
+    one_f_one_b = scenario(par=dict(pp=4, dp=1))
+    assert [in_flight(one_f_one_b, r) for r in range(4)] == [{0: 4}, {1: 3}, {2: 2}, {3: 1}]
+    # Megatron interleaved, p=4, v=2: rank 0 warms up (4-1)*2 + 4 forwards, +1 steady: chunk 0 gets
+    # micro-batches 0-3 and 8-10, chunk 1 gets 4-7; vp + p - 1 = 11 in all (Korthikanti et al.).
+    inter = scenario(par=dict(pp=4, vpp=2, schedule="interleaved", dp=1))
+    assert in_flight(inter, 0) == {0: 7, 4: 4}
+    assert in_flight(inter, 3) == {3: 4, 7: 1}
+    dual = scenario(par=dict(pp=4, schedule="dualpipe", dp=1))
+    assert [in_flight(dual, r) for r in range(4)] == [{0: 4, 3: 1}, {1: 3, 2: 2}, {2: 2, 1: 3}, {3: 1, 0: 4}]
+    assert all(sum(in_flight(dual, r).values()) == 4 + 1 for r in range(4))
+    few = scenario(par=dict(pp=4, dp=1), global_batch=2)  # 2 micro-batches per step
+    assert in_flight(few, 0) == {0: 2}
+
+
+def test_dualpipe_holds_two_copies_of_the_weights():
+    one = memory_breakdown(scenario(par=dict(pp=4, dp=1)))
+    dual = memory_breakdown(scenario(par=dict(pp=4, schedule="dualpipe", dp=1)))
+    r1 = one.per_pp_rank[1]
+    d1 = dual.per_pp_rank[1]
+    assert d1.virtual_stages == (1, 2)
+    assert d1.parameters_bytes == 2 * (stage_local_params(scenario(par=dict(pp=4, dp=1)), 1).total
+                                       + stage_local_params(scenario(par=dict(pp=4, dp=1)), 2).total)
+    assert d1.parameters_bytes > r1.parameters_bytes
+
+
+def test_a2a_buffers_capacity_and_worst_case():
+    drop = memory_breakdown(scenario(par=dict(ep=4, dp=4)))
+    assert drop.a2a_buffers_bytes == 32 * 4 * 64 * (2 + 2)  # tokens x ep peers, dispatch + combine
+    padded = memory_breakdown(scenario(par=dict(ep=4, dp=4),
+                                       routing=dict(execution="padded", capacity_factor=1.25)))
+    assert padded.a2a_buffers_bytes == 1.25 * 32 * 2 * 64 * (2 + 2)
+
+
+def test_mixtral_8x22b_on_one_dgx_without_sharding_does_not_fit():
+    s = scenario(MIXTRAL_8X22B, par=dict(dp=8), seq_len=4096, global_batch=8, zero_stage=0)
+    b = memory_breakdown(s, gpu="H100-SXM")
+    assert b.fits is False
+    assert b.parameters_bytes == pytest.approx(2 * 141e9, rel=0.01)  # every GPU holds all 141B
+
+
+def test_deepseek_v3_training_setup_fits_h800():
+    """The setup DeepSeek trained V3 with (report, sections 3.2-3.3): 2048 H800, PP16 DualPipe,
+    EP64, ZeRO-1, FP8, BF16 moments, recomputation of norms and MLA up-projections."""
+    s = scenario(DEEPSEEK_V3, par=dict(pp=16, ep=64, dp=128, schedule="dualpipe",
+                                       first_stage_layers=2, last_stage_layers=4),
+                 routing=dict(dispatch_dtype="fp8"), seq_len=4096, global_batch=15360,
+                 precision="fp8", activation_recompute="selective", optimizer=dict(moments_dtype="bf16"))
+    b = memory_breakdown(s, gpu="H800-SXM")
+    assert b.fits is True
+    assert all(sum(in_flight(s, r).values()) == 17 for r in range(16))
+    without_recompute = memory_breakdown(s.model_copy(update={"training": s.training.model_copy(
+        update={"activation_recompute": "none"})}), gpu="H800-SXM")
+    assert without_recompute.fits is False
+
+
+def test_unresolved_dp_is_an_input_error():
+    s = Scenario.model_validate(dict(model=TINY, training=dict(seq_len=4, global_batch=1, micro_batch=1,
+                                                                total_tokens=1e9), cluster=dict(topology="x")))
+    with pytest.raises(InputError, match="parallelism.dp"):
+        memory_breakdown(s)
