@@ -25,13 +25,23 @@ class NetworkParams:
         "wan": 0.90,
     })
     default_link_efficiency: float = 0.90
+    # Transport engines that reach a different fraction of a link class than NCCL does (the
+    # figures above). A collective names its engine in meta["engine"]; classes not listed keep
+    # link_efficiency. DeepEP's normal kernels copy NVLink payload with a fixed SM budget (24 SMs)
+    # and reach about 0.64 of NVLink line rate (DeepEP V2 README, B200 EP8 at 24 SMs); sources in
+    # docs/network.md.
+    engine_link_efficiency: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        "deepep": {"nvlink": 0.64},
+    })
     # Software + launch latency paid once per sequential step of a collective (NCCL's alpha).
     step_latency_s: float = 5e-6
     # Per-flow message-size efficiency: eff(m) = m / (m + half_efficiency_bytes). Small messages
     # cannot fill a pipe: fixed per-chunk costs dominate.
     half_efficiency_bytes: float = 64 * 1024
 
-    def efficiency_of(self, link_class: str) -> float:
+    def efficiency_of(self, link_class: str, engine: str | None = None) -> float:
+        if engine is not None and link_class in self.engine_link_efficiency.get(engine, {}):
+            return self.engine_link_efficiency[engine][link_class]
         return self.link_efficiency.get(link_class, self.default_link_efficiency)
 
     def message_efficiency(self, size_bytes):

@@ -1,0 +1,237 @@
+"""The SimPy training-step engine: pipeline ranks, their compute and communication streams.
+
+One SimPy process per simulated pipeline rank walks that rank's schedule (simmoe.engine.schedules).
+Each schedule item runs a compiled program (simmoe.engine.program): compute nodes in order on the
+rank's compute stream, collectives as their own processes on the rank's communication stream,
+handed to ONE network backend (simmoe.network.simnet.SimNetwork, or the analytical stand-in) that
+owns every in-flight flow, so EP all-to-all, DP reduce-scatter and PP sends of all ranks contend
+for the same links.
+
+The engine knows no physics: a :class:`Resolver` turns a node into seconds (compute) or a
+Collective (communication). Which ranks are simulated, and how a collective is shared between
+them, is also the resolver's business: a collective names a rendezvous key and how many simulated
+ranks join it; it starts when the last one arrives (a full run), or at once when only one
+simulated rank stands for the whole group (a reduced run, docs/engine.md).
+
+Timeline of one rank: for each slot of its schedule, wait for the item's input (the previous
+virtual stage's pipeline send, or the next stage's gradient), run its program; a paired slot
+(overlapped schedule) runs its two items as two processes sharing the compute stream, backward
+first when both are ready. When every item and every collective it started is done, the rank
+runs the once-per-step program (gradient reduction, optimizer). The step ends when all ranks do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Protocol
+
+import simpy
+
+from simmoe.engine.program import Program
+from simmoe.engine.schedules import Item, slots
+
+
+@dataclass(frozen=True)
+class SimRank:
+    index: int  # position in the engine's rank list
+    pipeline: int  # which simulated pipeline (0 in a reduced run)
+    pp_rank: int
+    global_rank: int
+
+
+@dataclass(frozen=True)
+class CommRequest:
+    build: Callable[[], object]  # -> simmoe.network.flows.Collective, built once per rendezvous
+    category: str  # dispatch | combine | tp | dp | pp | ep | other (docs/output.md)
+    rendezvous: Hashable | None = None  # key shared by the simulated members of the group
+    members: int = 1  # simulated ranks that join; the collective starts when all have arrived
+
+
+class Resolver(Protocol):
+    def node_time_s(self, rank: SimRank, key: tuple, program: Program, node: int,
+                    mb: int) -> tuple[float, float]:
+        """(seconds, of which expert GEMM seconds) of a compute node."""
+
+    def node_collective(self, rank: SimRank, key: tuple, program: Program, node: int,
+                        mb: int) -> CommRequest:
+        """The collective of a communication node."""
+
+
+@dataclass
+class RankTimeline:
+    """What one simulated rank did during a step (times in seconds from the step's start)."""
+
+    compute: list = field(default_factory=list)  # (start, end, label, phase)
+    comm: list = field(default_factory=list)  # (start, end, label, category, phase)
+    expert_s: float = 0.0
+    step_compute_s: float = 0.0  # compute of the once-per-step program (optimizer)
+    finish_s: float = 0.0
+
+
+@dataclass
+class StepTimeline:
+    ranks: list[SimRank]
+    timelines: list[RankTimeline]
+
+    @property
+    def step_time_s(self) -> float:
+        return max(t.finish_s for t in self.timelines)
+
+
+class StepEngine:
+    """Simulate one training step. ``schedule[s]`` is pp rank s's item list; ``programs`` maps
+    (virtual stage, "fwd"|"bwd") to a compiled program; ``step_program`` runs once per rank."""
+
+    def __init__(self, env: simpy.Environment, network, ranks: list[SimRank],
+                 schedule: list[list[Item]], programs: dict[tuple[int, str], Program],
+                 step_programs: dict[int, Program] | None, resolver: Resolver, *, pp: int,
+                 vpp: int = 1) -> None:
+        self.env = env
+        self.network = network
+        self.ranks = ranks
+        self.schedule = schedule
+        self.programs = programs
+        self.step_programs = step_programs or {}
+        self.resolver = resolver
+        self.pp = pp
+        self.stages = pp * vpp
+        self.timelines = [RankTimeline() for _ in ranks]
+        self._signals: dict[tuple, simpy.Event] = {}
+        self._rendezvous: dict[Hashable, list] = {}
+        self._comm_stream = [simpy.Resource(env, 1) for _ in ranks]
+        self._outstanding: list[list] = [[] for _ in ranks]
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> StepTimeline:
+        procs = [self.env.process(self._rank(r)) for r in self.ranks]
+        self.env.run(until=self.env.all_of(procs))
+        for r in self.ranks:
+            if self.timelines[r.index].finish_s == 0.0 and self.schedule[r.pp_rank]:
+                raise RuntimeError(f"rank {r.global_rank} did not finish (deadlock)")
+        return StepTimeline(self.ranks, self.timelines)
+
+    # ------------------------------------------------------------------ signals
+    def _signal(self, key: tuple) -> simpy.Event:
+        ev = self._signals.get(key)
+        if ev is None:
+            ev = self._signals[key] = self.env.event()
+        return ev
+
+    # ------------------------------------------------------------------ processes
+    def _rank(self, r: SimRank):
+        gpu = None
+        for slot in slots(self.schedule[r.pp_rank]):
+            if len(slot) == 1:
+                yield from self._item(r, slot[0], None)
+            else:
+                if gpu is None:
+                    gpu = simpy.PriorityResource(self.env, 1)
+                yield self.env.all_of([self.env.process(self._item(r, it, gpu)) for it in slot])
+        pending = [e for e in self._outstanding[r.index] if not e.processed]
+        if pending:
+            yield self.env.all_of(pending)
+        prog = self.step_programs.get(r.pp_rank)
+        if prog is not None and not prog.empty:
+            events = yield from self._program(r, ("step", r.pp_rank), prog, 0, None, "step")
+            pending = [e for e in events if e is not None and not e.processed]
+            if pending:
+                yield self.env.all_of(pending)
+        self.timelines[r.index].finish_s = self.env.now
+
+    def _item(self, r: SimRank, it: Item, gpu):
+        v = it.chunk * self.pp + r.pp_rank
+        q, mb = r.pipeline, it.mb
+        if it.phase == "fwd":
+            wait = self._signal(("fwd", q, mb, v)) if v > 0 else None
+        else:
+            wait = self._signal(("bwd", q, mb, v)) if v < self.stages - 1 else \
+                self._signal(("fwd_done", q, mb, v))
+        if wait is not None and not wait.processed:
+            yield wait
+        key = (v, it.phase)
+        prog = self.programs[key]
+        events = yield from self._program(r, key, prog, mb, gpu, it.phase)
+        # Hand the output on: the pipeline send when the program has one, else the whole item.
+        if it.phase == "fwd":
+            target = ("fwd", q, mb, v + 1) if v < self.stages - 1 else ("fwd_done", q, mb, v)
+        else:
+            target = ("bwd", q, mb, v - 1) if v > 0 else None
+        if target is None:
+            return
+        if prog.p2p_nodes and target[0] != "fwd_done":
+            done = [events[k] for k in prog.p2p_nodes]
+        else:
+            done = [e for e in events if e is not None]
+        self._when_all(done, self._signal(target))
+
+    def _when_all(self, events: list, signal: simpy.Event) -> None:
+        pending = [e for e in events if not e.processed]
+        if not pending:
+            signal.succeed()
+        elif len(pending) == 1:
+            pending[0].callbacks.append(lambda _e: signal.succeed())
+        else:
+            self.env.all_of(pending).callbacks.append(lambda _e: signal.succeed())
+
+    def _program(self, r: SimRank, key: tuple, prog: Program, mb: int, gpu, phase: str):
+        """Run a program's compute nodes here, its collectives as processes. Returns one entry per
+        node: the completion event of a collective, None for compute (already done on return)."""
+        env = self.env
+        tl = self.timelines[r.index]
+        events: list = [None] * len(prog.nodes)
+        priority = 0 if phase == "bwd" else 1
+        for k, node in enumerate(prog.nodes):
+            if node.kind == "comm":
+                ev = env.process(self._comm(r, key, prog, k, mb, events, phase))
+                events[k] = ev
+                self._outstanding[r.index].append(ev)
+                continue
+            waits = [events[d] for d in node.deps if events[d] is not None and not events[d].processed]
+            if len(waits) == 1:
+                yield waits[0]
+            elif waits:
+                yield env.all_of(waits)
+            dur, expert = self.resolver.node_time_s(r, key, prog, k, mb)
+            if gpu is not None:
+                with gpu.request(priority=priority) as req:
+                    yield req
+                    start = env.now
+                    yield env.timeout(dur)
+            else:
+                start = env.now
+                yield env.timeout(dur)
+            tl.compute.append((start, env.now, node.label, phase))
+            tl.expert_s += expert
+            if phase == "step":
+                tl.step_compute_s += dur
+        return events
+
+    def _comm(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int, events: list,
+              phase: str):
+        node = prog.nodes[k]
+        waits = [events[d] for d in node.deps if events[d] is not None and not events[d].processed]
+        if len(waits) == 1:
+            yield waits[0]
+        elif waits:
+            yield self.env.all_of(waits)
+        req = self.resolver.node_collective(r, key, prog, k, mb)
+        stream = None if req.category == "pp" else self._comm_stream[r.index]
+        if stream is not None:
+            claim = stream.request()
+            yield claim
+        start = self.env.now
+        if req.rendezvous is None or req.members <= 1:
+            yield self.network.transfer(req.build())
+        else:
+            slot = self._rendezvous.get(req.rendezvous)
+            if slot is None:
+                slot = self._rendezvous[req.rendezvous] = [0, self.env.event()]
+            slot[0] += 1
+            done = slot[1]
+            if slot[0] == req.members:
+                del self._rendezvous[req.rendezvous]
+                self.network.transfer(req.build()).callbacks.append(lambda _e: done.succeed())
+            yield done
+        if stream is not None:
+            stream.release(claim)
+        self.timelines[r.index].comm.append((start, self.env.now, node.label, req.category, phase))

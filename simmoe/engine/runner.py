@@ -1,0 +1,569 @@
+"""From a validated Scenario to simulated training steps.
+
+Builds once per scenario: the topology, the parallel layout, expert placement, one routing model
+per (stage, placement), the compute model, the compiled stage programs and the schedule. Then each
+step is an independent SimPy run (a step ends when every rank is idle, so no state crosses steps;
+routing drift enters through the step index).
+
+Reduced run (the default, docs/engine.md): one pipeline is simulated, one rank per pipeline stage
+standing for its EP group (dropless: the busiest EP rank's expert GEMMs set the pace, since the
+combine all-to-all waits for it). Collectives still carry their whole group's flows, and the
+traffic of the symmetric copies (other EP groups and DP replicas of the stage) on shared links is
+counted through per-link replica multiplicities. A full run (``reduce=False``) simulates every rank
+and starts each collective when all its members have arrived; it is the oracle of the reduction.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import simpy
+
+from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
+from simmoe.engine.core import CommRequest, SimRank, StepEngine, StepTimeline
+from simmoe.engine.moe_comm import MoeLinkLoads, moe_alltoall
+from simmoe.engine.network import AnalyticalSimNetwork, CoflowNetwork, ReplicaSimNetwork
+from simmoe.engine.program import Program, compile_program
+from simmoe.engine.schedules import build_schedule
+from simmoe.errors import InputError
+from simmoe.network import collectives as coll
+from simmoe.network.flows import Collective, FlowSet, Stage
+from simmoe.network.params import DEFAULT_NETWORK_PARAMS, NetworkParams
+from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp
+
+COMM_CATEGORY = {"tp": "tp", "cp": "tp", "expert_tp": "tp", "dp": "dp", "dp_cp": "dp", "edp": "dp",
+                 "ep": "ep", "pp": "pp"}
+
+
+class ProgramSource(Protocol):
+    """Where the ops come from (simmoe.workload's builder, or hand-made lists in tests)."""
+
+    def stage_program(self, virtual_stage: int) -> tuple[list, list]:
+        """(forward ops, backward ops) of one micro-batch on one rank of ``virtual_stage``."""
+
+    def step_ops(self, pp_rank: int) -> list:
+        """Once-per-step ops of one rank of pipeline rank ``pp_rank`` (gradients, optimizer)."""
+
+
+class WorkloadPrograms:
+    """ProgramSource backed by simmoe.workload's builder."""
+
+    def __init__(self, scenario) -> None:
+        try:
+            from simmoe.workload import builder
+        except ImportError as err:  # the builder is another module's job; say what is missing
+            raise InputError("the workload builder (simmoe.workload.builder) is not available",
+                             field="simmoe.workload.builder", value=str(err), has_value=True,
+                             allowed="an installed simmoe with the workload builder") from None
+        self._builder = builder
+        self.scenario = scenario
+
+    def stage_program(self, virtual_stage: int):
+        prog = self._builder.build_stage_program(self.scenario, virtual_stage)
+        self.moe_tokens = getattr(prog, "moe_tokens", None)
+        return list(prog.forward), list(prog.backward)
+
+    def step_ops(self, pp_rank: int):
+        # The chunks this engine's schedules put on pp_rank: virtual stages pp_rank + j * pp (the
+        # overlapped schedule is single-direction, one chunk per rank: docs/engine.md).
+        from dataclasses import replace
+
+        par = self.scenario.parallelism
+        out = []
+        for v in range(pp_rank, par.pp * par.vpp, par.pp):
+            out += [replace(op, name=f"v{v}.{op.name}", after=tuple(f"v{v}.{a}" for a in op.after))
+                    for op in self._builder.build_step_ops(self.scenario, v)]
+        return out
+
+
+@dataclass
+class StepStats:
+    """Routing statistics of one step (over every (MoE layer, micro-batch) draw)."""
+
+    assignments: int = 0
+    dropped: int = 0
+    load_max_over_mean: list = field(default_factory=list)
+
+    @property
+    def dropped_fraction(self) -> float:
+        return self.dropped / self.assignments if self.assignments else 0.0
+
+    @property
+    def expert_load_max_over_mean(self) -> float:
+        return float(np.mean(self.load_max_over_mean)) if self.load_max_over_mean else float("nan")
+
+
+def _interval_union(iv: np.ndarray) -> np.ndarray:
+    if len(iv) == 0:
+        return iv.reshape(0, 2)
+    iv = iv[np.argsort(iv[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(iv[:, 1])
+    new = np.ones(len(iv), bool)
+    new[1:] = iv[1:, 0] > ends[:-1]
+    starts = iv[new, 0]
+    idx = np.flatnonzero(new)
+    stop = np.append(idx[1:], len(iv)) - 1
+    return np.column_stack([starts, ends[stop]])
+
+
+def _measure(iv: np.ndarray) -> float:
+    return float((iv[:, 1] - iv[:, 0]).sum()) if len(iv) else 0.0
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Measure of the intersection of two unions of disjoint sorted intervals."""
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i, 0], b[j, 0]), min(a[i, 1], b[j, 1])
+        if hi > lo:
+            total += hi - lo
+        if a[i, 1] < b[j, 1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+@dataclass
+class StepResult:
+    step: int
+    timeline: StepTimeline
+    stats: StepStats
+    critical: int  # index of the rank that finished last
+
+    @property
+    def step_time_s(self) -> float:
+        return self.timeline.step_time_s
+
+    def breakdown(self) -> dict:
+        """Per-rank sums on the critical rank (docs/output.md)."""
+        tl = self.timeline.timelines[self.critical]
+        comp = _interval_union(np.array([(a, b) for a, b, *_ in tl.compute], float).reshape(-1, 2))
+        comm = _interval_union(np.array([(a, b) for a, b, *_ in tl.comm], float).reshape(-1, 2))
+        busy = _interval_union(np.vstack([comp, comm]))
+        cat = {}
+        for a, b, _label, category, phase in tl.comm:
+            cat[category] = cat.get(category, 0.0) + (b - a)
+        return {
+            "expert_compute_s": tl.expert_s,
+            "a2a_dispatch_s": cat.get("dispatch", 0.0),
+            "a2a_combine_s": cat.get("combine", 0.0),
+            "exposed_comm_s": _measure(comm) - _overlap(comm, comp),
+            "pipeline_bubble_s": self.step_time_s - _measure(busy),
+            "dp_comm_s": cat.get("dp", 0.0),
+            "optimizer_s": tl.step_compute_s,
+        }
+
+
+class Simulation:
+    """Everything built once for a scenario; ``run_step(step)`` simulates one step."""
+
+    def __init__(self, scenario, *, seed: int | None = None, reduce: bool = True,
+                 programs: ProgramSource | None = None, compute=None, topology=None,
+                 network_params: NetworkParams = DEFAULT_NETWORK_PARAMS,
+                 fidelity: str | None = None, coflow: bool = True) -> None:
+        from simmoe.placement import ParallelLayout
+
+        self.scenario = scenario
+        self.seed = scenario.simulation.seed if seed is None else int(seed)
+        self.reduce = reduce
+        self.fidelity = fidelity or scenario.simulation.fidelity
+        self.network_params = network_params
+        self.coflow = coflow
+        par = scenario.parallelism
+        self.pp, self.vpp = par.pp, par.vpp
+        self.stages = par.pp * par.vpp
+        if topology is None:
+            from simmoe.topology.loader import load_topology
+
+            topology = load_topology(scenario.topology_path, nodes=scenario.cluster.nodes)
+        self.topology = topology
+        self.layout = ParallelLayout(tp=par.tp, pp=par.pp, cp=par.cp, dp=par.dp, ep=par.ep,
+                                     expert_tp=par.expert_tp, vpp=par.vpp)
+        if self.layout.world_size > topology.num_gpus:
+            raise InputError(f"the layout needs {self.layout.world_size} GPUs but the topology has "
+                             f"{topology.num_gpus}", field="parallelism", value=self.layout.world_size)
+        if compute is None:
+            from simmoe.compute import RooflineModel
+
+            compute = RooflineModel(scenario.gpu_model or topology.gpu_model)
+        self.compute = compute
+        self.m = scenario.micro_batches_per_step
+        if self.m < 1:
+            raise InputError("fewer sequences per step than micro_batch * dp", field="training.global_batch",
+                             value=scenario.training.global_batch,
+                             allowed=f">= micro_batch * dp = {scenario.training.micro_batch * par.dp}")
+        self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp)
+        source = programs if programs is not None else WorkloadPrograms(scenario)
+        self._source = source
+        self.programs: dict[tuple[int, str], Program] = {}
+        for v in range(self.stages):
+            fwd, bwd = source.stage_program(v)
+            self.programs[(v, "fwd")] = compile_program(fwd, f"stage {v} forward")
+            self.programs[(v, "bwd")] = compile_program(bwd, f"stage {v} backward")
+        self.step_programs = {s: compile_program(source.step_ops(s), f"pp rank {s} step")
+                              for s in range(par.pp)}
+        self._server = np.asarray(topology.server_of_gpu)
+        self._rows: dict[str, np.ndarray] = {}
+        self._setup_ranks()
+        self._setup_routing()
+        self._static_s: dict = {}
+        self._static_coll: dict = {}
+        self._multiplicity: dict = {}
+        self._link_loads: dict = {}
+
+    # ------------------------------------------------------------------ ranks
+    def _setup_ranks(self) -> None:
+        lay = self.layout
+        coords = [(0, 0, 0)] if self.reduce else list(
+            itertools.product(range(lay.dp), range(lay.cp), range(lay.tp)))
+        ranks = []
+        for q, (d, c, t) in enumerate(coords):
+            for s in range(self.pp):
+                g = lay.rank_of(tp=t, cp=c, dp=d, pp=s)
+                ranks.append(SimRank(len(ranks), q, s, int(g)))
+        self.ranks = ranks
+        self._simulated = np.zeros(lay.world_size, bool)
+        self._simulated[[r.global_rank for r in ranks]] = True
+
+    def _row_of(self, dim: str) -> np.ndarray:
+        """(world,) the row of layout.groups(dim) holding each rank."""
+        if dim not in self._rows:
+            groups = self.layout.groups(dim)
+            row = np.empty(self.layout.world_size, np.int64)
+            row[groups] = np.arange(len(groups))[:, None]
+            self._rows[dim] = row
+        return self._rows[dim]
+
+    def _gpus(self, ranks) -> np.ndarray:
+        return self.layout.rank_to_gpu[np.asarray(ranks)]
+
+    # ------------------------------------------------------------------ routing
+    def _moe_layers(self) -> list[int]:
+        layers = set()
+        for prog in self.programs.values():
+            for op in prog.ops:
+                if (isinstance(op, ExpertGemmOp) and not op.shared) or (
+                        isinstance(op, CollectiveOp) and op.collective.startswith("alltoall")):
+                    layers.add(op.layer)
+        return sorted(layers)
+
+    def _setup_routing(self) -> None:
+        model = self.scenario.model
+        layers = self._moe_layers()
+        self.moe_index = {layer: i for i, layer in enumerate(layers)}
+        self._routing: dict[int, object] = {}  # moe layer -> RoutingModel
+        self._experts_of_rank: dict[int, np.ndarray] = {}
+        self._layer_stage: dict[int, int] = {}
+        self._draws: dict = {}
+        self.stats = StepStats()
+        if not layers:
+            return
+        if model.moe is None:
+            raise InputError("the ops contain expert GEMMs or all-to-alls but the model has no moe section",
+                             field="model.moe", value=None)
+        from simmoe.placement import experts_of_rank, place_experts
+        from simmoe.routing import EPGroup, RoutingModel
+
+        moe = model.moe
+        par = self.scenario.parallelism
+        r = self.scenario.routing
+        imb = r.imbalance
+        tr = self.scenario.training
+        tokens = getattr(self._source, "moe_tokens", None) or -(-tr.micro_batch * tr.seq_len // (par.tp * par.cp))
+        # Layer -> pipeline rank holding it.
+        for (v, _phase), prog in self.programs.items():
+            for op in prog.ops:
+                if op.layer in self.moe_index:
+                    self._layer_stage[self.moe_index[op.layer]] = v % self.pp
+        kw = dict(num_layers=len(layers), popularity=imb.model,
+                  zipf_s=imb.s if imb.s is not None else 1.0,
+                  dirichlet_alpha=imb.alpha if imb.alpha is not None else 1.0,
+                  trace=imb.trace_file, drift=imb.drift.model, routing=r.policy,
+                  max_nodes_per_token=r.node_limited_max_nodes, capacity_factor=r.capacity_factor,
+                  pad_to_capacity=(r.execution == "padded") if r.capacity_factor is not None else False,
+                  seed=self.seed)
+        ep_row = self._row_of("ep")
+        groups = self.layout.groups("ep")
+        cache: dict = {}
+        probe = None
+        for moe_i in range(len(layers)):
+            s = self._layer_stage[moe_i]
+            rep = self.ranks[s].global_rank  # pipeline 0's rank of stage s
+            gpus = self._gpus(groups[ep_row[rep]])
+            nodes = self._server[gpus]
+            if r.expert_placement == "topology_aware":
+                if probe is None:
+                    g0 = EPGroup(np.arange(moe.routed_experts) // (moe.routed_experts // par.ep),
+                                 nodes, tokens, moe.top_k)
+                    probe = RoutingModel(g0, **kw)
+                load = probe.popularity(0, moe_i)
+                placement = place_experts(moe.routed_experts, par.ep, "topology_aware",
+                                          ep_group_gpus=gpus, topology=self.topology, expert_load=load)
+            else:
+                placement = place_experts(moe.routed_experts, par.ep, r.expert_placement)
+            key = (s, placement.tobytes())
+            if key not in cache:
+                cache[key] = RoutingModel(EPGroup(placement, nodes, tokens, moe.top_k), **kw)
+            self._routing[moe_i] = cache[key]
+            self._experts_of_rank[moe_i] = experts_of_rank(placement, par.ep)
+
+    def _draw(self, step: int, moe_i: int, mb: int):
+        key = (moe_i, mb)
+        d = self._draws.get(key)
+        if d is None:
+            d = self._routing[moe_i].draw(step, moe_i, mb)
+            self._draws[key] = d
+            self.stats.assignments += d.assignments
+            self.stats.dropped += d.dropped_assignments
+            self.stats.load_max_over_mean.append(d.expert_load_max_over_mean)
+        return d
+
+    # ------------------------------------------------------------------ compute
+    def _dtype(self, op) -> str:
+        d = getattr(op, "dtype", "bf16")
+        return "bf16" if d == "fp32" else d  # FP32 GEMMs (router) timed as BF16: tiny, documented
+
+    def _op_time_s(self, op) -> float:
+        c = self.compute
+        bwd = op.phase == "bwd"
+        if isinstance(op, GemmOp):
+            if bwd:
+                return float(gemm_backward_s(c, op.m, op.n, op.k, self._dtype(op)).total_s) * op.count
+            return float(c.gemm_s(op.m, op.n, op.k, self._dtype(op))) * op.count
+        if isinstance(op, AttentionOp):
+            return float(c.attention_s(op.batch, op.seq_len, op.heads, op.head_dim_qk, op.head_dim_v,
+                                       op.causal, self._dtype(op), bwd))
+        if isinstance(op, MemoryOp):
+            return float(c.memory_bound_s(op.bytes_moved)) if op.bytes_moved > 0 else 0.0
+        if isinstance(op, ExpertGemmOp) and op.shared:
+            tr, par = self.scenario.training, self.scenario.parallelism
+            m = -(-tr.micro_batch * tr.seq_len // (par.tp * par.cp))
+            if bwd:
+                return float(gemm_backward_s(c, m, op.n, op.k, self._dtype(op)).total_s)
+            return float(c.gemm_s(m, op.n, op.k, self._dtype(op)))
+        return 0.0
+
+    def _expert_times(self, step: int, op: ExpertGemmOp, mb: int) -> np.ndarray:
+        """(ep,) seconds of this grouped GEMM on each EP rank of the group."""
+        moe_i = self.moe_index[op.layer]
+        key = ("x", moe_i, mb, op.n, op.k, op.dtype, op.phase)
+        t = self._static_s.get(key)
+        if t is None:
+            d = self._draw(step, moe_i, mb)
+            tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
+            if op.phase == "bwd":
+                t = np.asarray(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
+                                                       self._dtype(op)).total_s, float)
+            else:
+                t = np.asarray(self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)), float)
+            self._static_s[key] = t
+        return t
+
+    def node_time_s(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int):
+        skey = (key, k)
+        base = self._static_s.get(skey)
+        node = prog.nodes[k]
+        if base is None:
+            base = sum(self._op_time_s(prog.ops[i]) for i in node.ops
+                       if not (isinstance(prog.ops[i], ExpertGemmOp) and not prog.ops[i].shared))
+            self._static_s[skey] = base
+        if not prog.has_expert[k]:
+            return base, 0.0
+        ex = 0.0
+        ep_coord = None if self.reduce else int(self.layout.coords(r.global_rank)["ep"])
+        for i in node.ops:
+            op = prog.ops[i]
+            if isinstance(op, ExpertGemmOp) and not op.shared:
+                t = self._expert_times(self._step, op, mb)
+                # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
+                ex += float(t.max()) if ep_coord is None else float(t[ep_coord])
+        return base + ex, ex
+
+    # ------------------------------------------------------------------ communication
+    def _replica_multiplicity(self, dim: str, s: int, hierarchical: bool,
+                              dst_stage: int | None = None) -> np.ndarray | None:
+        """Per-link ratio (all symmetric copies' load) / (the simulated group's load), for the
+        uniform pattern of ``dim`` collectives on pipeline rank ``s`` (pipeline sends: from s to
+        ``dst_stage``); None when nothing shares."""
+        key = (dim, s, hierarchical, dst_stage)
+        if key in self._multiplicity:
+            return self._multiplicity[key]
+        lay = self.layout
+        stage_ranks = np.flatnonzero(lay.stage_of_rank == s)
+        rep = self.ranks[s].global_rank
+        if dim == "pp":
+            c = lay.coords(stage_ranks)
+            dst = lay.rank_of(tp=c["tp"], cp=c["cp"], dp=c["dp"], pp=np.full(len(stage_ranks), dst_stage))
+            src_g, dst_g = self._gpus(stage_ranks), self._gpus(dst)
+            is_rep = stage_ranks == rep
+            flows = [(src_g, dst_g, np.ones(len(src_g)), is_rep)]
+        else:
+            groups = lay.groups(dim)
+            rows = groups[lay.stage_of_rank[groups[:, 0]] == s]
+            if len(rows) <= 1:
+                self._multiplicity[key] = None
+                return None
+            flows = []
+            for row in rows:
+                gpus = self._gpus(row)
+                n = len(gpus)
+                if n < 2:
+                    continue
+                if dim == "ep":
+                    nn = len(np.unique(self._server[gpus]))
+                    cl = moe_alltoall(gpus, np.ones((n, n)), 1.0, server_of_gpu=self._server,
+                                      tokens_src_node=np.ones((n, nn)), hierarchical=hierarchical)
+                else:
+                    cl = coll.allreduce(gpus, 1.0, server_of_gpu=self._server)
+                f = cl.stages[0].flows
+                flows.append((f.src, f.dst, f.size_bytes, np.full(len(f), rep in row)))
+        if not flows:
+            self._multiplicity[key] = None
+            return None
+        src = np.concatenate([f[0] for f in flows])
+        dst = np.concatenate([f[1] for f in flows])
+        size = np.concatenate([f[2] for f in flows])
+        mine = np.concatenate([f[3] for f in flows])
+        keep = src != dst
+        R = self.topology.route_matrix(src[keep], dst[keep])
+        load_all = np.asarray(R.T @ size[keep]).reshape(-1)
+        load_rep = np.asarray(R.T @ (size[keep] * mine[keep])).reshape(-1)
+        mult = np.ones(len(load_all))
+        used = load_rep > 0
+        mult[used] = load_all[used] / load_rep[used]
+        out = None if np.allclose(mult, 1.0) else mult
+        self._multiplicity[key] = out
+        return out
+
+    def _finish(self, collective, dim: str, s: int, hierarchical: bool = False,
+                dst_stage: int | None = None):
+        if self.reduce and self.fidelity == "flow":
+            mult = self._replica_multiplicity(dim, s, hierarchical, dst_stage)
+            collective.meta["engine"] = self.network.replica_engine(
+                collective.meta.get("engine"), f"{dim}:{s}:{int(hierarchical)}:{dst_stage}", mult)
+        return collective
+
+    def node_collective(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int) -> CommRequest:
+        op = prog.ops[prog.nodes[k].ops[0]]
+        dim = op.group
+        g = r.global_rank
+        s = r.pp_rank
+        if op.collective == "p2p_send":
+            v, phase = key
+            dst_v = v + 1 if phase == "fwd" else v - 1
+            c = self.layout.coords(g)
+            dst = self.layout.rank_of(tp=c["tp"], cp=c["cp"], dp=c["dp"], pp=dst_v % self.pp)
+            skey = ("p2p", g, dst, op.size_bytes)
+
+            def build():
+                cl = self._static_coll.get(skey)
+                if cl is None:
+                    src_gpu, dst_gpu = self._gpus([g, dst])
+                    cl = coll.p2p([src_gpu, dst_gpu], op.size_bytes, pairs=[(src_gpu, dst_gpu)]) \
+                        if src_gpu != dst_gpu else _empty([src_gpu])
+                    cl = self._finish(cl, "pp", s, dst_stage=dst_v % self.pp)
+                    cl.meta["cache_key"] = skey
+                    self._static_coll[skey] = cl
+                return cl
+            return CommRequest(build, "pp")
+        row = self._row_of(dim)[g]
+        members = 1 if self.reduce else len(self.layout.groups(dim)[row])
+        rv = None if members == 1 else (dim, int(row), key, mb, k)
+        ranks = self.layout.groups(dim)[row]
+        if op.collective in ("alltoall_dispatch", "alltoall_combine"):
+            moe_i = self.moe_index[op.layer]
+            step = self._step
+            hier = self.scenario.routing.hierarchical_a2a
+
+            def build():
+                d = self._draw(step, moe_i, mb)
+                gpus = self._gpus(ranks)
+                combine = op.collective == "alltoall_combine"
+                if self.fidelity == "flow" and self.coflow:
+                    # The coflow network needs only link loads: no flow list is built.
+                    lk = self._link_loads.get(int(row))
+                    if lk is None:
+                        lk = self._link_loads[int(row)] = MoeLinkLoads(self.topology, gpus, self._server, hier)
+                    loads = lk.loads(d.dispatch_tokens_per_src_dst_rank, d.dispatch_tokens_per_src_dst_node,
+                                     op.bytes_per_token, combine)
+                    cl = Collective(op="moe_combine" if combine else "moe_dispatch",
+                                    gpus=tuple(int(x) for x in gpus), size_bytes=loads[2] / len(gpus),
+                                    stages=(Stage(FlowSet(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                                          np.zeros(0)), 1),),
+                                    meta={"engine": "deepep" if hier else None, "coflow_link_bytes": [loads]})
+                    return self._finish(cl, "ep", s, hier)
+                cl = moe_alltoall(gpus, d.dispatch_tokens_per_src_dst_rank, op.bytes_per_token,
+                                  server_of_gpu=self._server,
+                                  tokens_src_node=d.dispatch_tokens_per_src_dst_node,
+                                  hierarchical=hier, combine=combine,
+                                  engine="deepep" if hier else None)
+                return self._finish(cl, "ep", s, hier)
+            return CommRequest(build, "dispatch" if op.collective == "alltoall_dispatch" else "combine",
+                               rv, members)
+        skey = (op.collective, dim, int(row), op.size_bytes)
+
+        def build():
+            cl = self._static_coll.get(skey)
+            if cl is None:
+                gpus = self._gpus(ranks)
+                if len(gpus) < 2 or op.size_bytes <= 0:
+                    cl = _empty(gpus)
+                else:
+                    fn = {"allreduce": coll.allreduce, "reduce_scatter": coll.reduce_scatter,
+                          "all_gather": coll.all_gather}.get(op.collective)
+                    if fn is None:
+                        raise InputError("unsupported collective for a group", field=f"ops.{op.name}",
+                                         value=op.collective,
+                                         allowed="allreduce, reduce_scatter, all_gather, "
+                                                 "alltoall_dispatch, alltoall_combine, p2p_send")
+                    cl = fn(gpus, op.size_bytes, server_of_gpu=self._server)
+                cl = self._finish(cl, dim, s)
+                cl.meta["cache_key"] = skey
+                self._static_coll[skey] = cl
+            return cl
+        return CommRequest(build, COMM_CATEGORY.get(dim, "other"), rv, members)
+
+    # ------------------------------------------------------------------ steps
+    def run_step(self, step: int) -> StepResult:
+        env = simpy.Environment()
+        if self.fidelity == "analytical":
+            self.network = AnalyticalSimNetwork(env, self.topology, self.network_params)
+        elif self.coflow:
+            self.network = CoflowNetwork(env, self.topology, self.network_params)
+        else:
+            self.network = ReplicaSimNetwork(env, self.topology, self.network_params)
+        self._step = step
+        self._draws = {}
+        self.stats = StepStats()
+        # Expert times depend on the step's draws; static times and collectives do not.
+        self._static_s = {k: v for k, v in self._static_s.items() if k[0] != "x"}
+        if self.fidelity == "flow":
+            self._static_coll.clear()  # collectives carry engine names registered per network
+        engine = StepEngine(env, self.network, self.ranks, self.schedule, self.programs,
+                            self.step_programs, self, pp=self.pp, vpp=self.vpp)
+        timeline = engine.run()
+        finish = [t.finish_s for t in timeline.timelines]
+        return StepResult(step, timeline, self.stats, int(np.argmax(finish)))
+
+    # ------------------------------------------------------------------ accounting
+    def model_flops_per_step(self) -> float:
+        """Useful FLOPs of one step over the whole cluster (sum of the ops' model_flops)."""
+        lay = self.layout
+        per_stage = lay.tp * lay.cp * lay.dp
+        total = 0.0
+        for (_v, _phase), prog in self.programs.items():
+            total += sum(op.model_flops for op in prog.ops) * self.m * per_stage
+        for prog in self.step_programs.values():
+            total += sum(op.model_flops for op in prog.ops) * per_stage
+        return total
+
+
+def _empty(gpus):
+    from simmoe.network.flows import Collective, FlowSet, Stage
+
+    return Collective(op="noop", gpus=tuple(int(x) for x in gpus), size_bytes=0.0,
+                      stages=(Stage(FlowSet(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)), 0),))

@@ -1,0 +1,399 @@
+"""Calibration profiles and ProfileModel: format, errors, interpolation accuracy against known
+functions, extrapolation bounds (hypothesis). No torch needed (tests/test_calibration_bench.py runs
+the harness)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simmoe.calibration import (
+    ARROW_SCHEMA,
+    FULL,
+    ProfileModel,
+    expert_histogram,
+    load_compute_model,
+    read_profile,
+    roofline_profile,
+    rows_to_table,
+    scale_times,
+    write_profile,
+)
+from simmoe.calibration.interp import fit_table
+from simmoe.calibration.schema import COLUMN_NAMES, REQUIRED_METADATA
+from simmoe.compute import ComputeModel, RooflineModel, gemm_backward_s, grouped_gemm_backward_s
+from simmoe.errors import InputError, ProfileError
+
+GPU = "H100-SXM"
+ROOF = RooflineModel(GPU)
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The roofline's profile of an H100 on the full grid: (table, metadata)."""
+    return roofline_profile(GPU, command="pytest")
+
+
+@pytest.fixture(scope="module")
+def roof_path(base, tmp_path_factory):
+    return write_profile(tmp_path_factory.mktemp("profiles") / "roof.parquet", *base).path
+
+
+@pytest.fixture(scope="module")
+def roof_model(roof_path):
+    return ProfileModel(roof_path, gpu_name=GPU, roofline=ROOF)
+
+
+def derived(base, path, *, keep=lambda row: True, gemm_s=None, scale_ops=(), factor=1.0, meta=None):
+    """A profile made from the roofline's: rows filtered by ``keep``, BF16 GEMM times replaced by
+    ``gemm_s(m, n, k)``, times of ``scale_ops`` multiplied by ``factor``."""
+    table, metadata = base
+    rows = []
+    for row in table.to_pylist():
+        if not keep(row):
+            continue
+        t = row["median_s"]
+        if gemm_s is not None and row["op"] == "gemm" and row["dtype"] == "bf16":
+            t = float(gemm_s(row["m"], row["n"], row["k"]))
+        if row["op"] in scale_ops:
+            t *= factor
+        rows.append({**row, "median_s": t, "p10_s": t, "p90_s": t})
+    metadata = {**metadata, **(meta or {})}
+    if "ops" not in (meta or {}):
+        metadata["ops"] = json.dumps(sorted({r["op"] for r in rows}))
+    return write_profile(path, rows_to_table(rows), metadata).path
+
+
+# -- format ------------------------------------------------------------------------------------------
+
+
+def test_written_profile_has_schema_metadata_and_content_id(roof_path, base, tmp_path):
+    table = pq.read_table(roof_path)
+    assert table.schema.remove_metadata().equals(ARROW_SCHEMA.remove_metadata())
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert set(REQUIRED_METADATA) <= set(meta)
+    assert meta["provenance"] == "datasheet-roofline" and meta["gpu"] == GPU and meta["command"] == "pytest"
+    # The id hashes the data, not the date or command: regenerating gives the same id...
+    again = write_profile(tmp_path / "again.parquet", *roofline_profile(GPU, command="other"))
+    assert again.profile_id == meta["profile_id"]
+    # ...and no temporary file is left behind by the atomic write.
+    assert os.listdir(tmp_path) == ["again.parquet"]
+
+
+def test_shape_fields_are_null_where_they_do_not_apply(roof_path):
+    rows = pq.read_table(roof_path).to_pylist()
+    gemm = next(r for r in rows if r["op"] == "gemm")
+    attention = next(r for r in rows if r["op"] == "attention_fwd")
+    assert gemm["seq_len"] is None and gemm["experts"] is None and gemm["m"] > 0
+    assert attention["m"] is None and attention["seq_len"] > 0 and attention["causal"] is True
+
+
+def test_editing_a_profile_without_rewriting_its_id_is_caught(roof_path, tmp_path):
+    table = pq.read_table(roof_path)
+    doubled = pa.compute.multiply(table.column("median_s"), 2.0)
+    edited = table.set_column(table.column_names.index("median_s"), "median_s", doubled)
+    edited = edited.set_column(table.column_names.index("p90_s"), "p90_s", doubled)
+    pq.write_table(edited, tmp_path / "edited.parquet")
+    with pytest.raises(ProfileError) as err:
+        read_profile(tmp_path / "edited.parquet")
+    assert err.value.field == "profile_id" and "edited.parquet" in str(err.value)
+
+
+def test_expert_histogram_sums_exactly_and_orders_zipf():
+    assert expert_histogram(4, 16).tolist() == [16, 16, 16, 16]
+    zipf = expert_histogram(16, 256, "zipf:1.0")
+    assert zipf.sum() == 16 * 256 and np.all(np.diff(zipf) <= 0) and zipf[0] > 4 * zipf[-1]
+    with pytest.raises(InputError) as err:
+        expert_histogram(4, 16, "lognormal")
+    assert "zipf:S" in str(err.value)
+
+
+# -- errors a person can act on -------------------------------------------------------------------
+
+
+def test_not_a_parquet_file(tmp_path):
+    path = tmp_path / "profile.parquet"
+    path.write_text("op,m,n,k\ngemm,1,2,3\n")
+    with pytest.raises(ProfileError) as err:
+        load_compute_model(GPU, path)
+    assert "profile.parquet" in str(err.value) and "not a Parquet file" in str(err.value)
+    assert "simmoe calibrate" in err.value.allowed
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ProfileError) as err:
+        load_compute_model(GPU, tmp_path / "absent.parquet")
+    assert "absent.parquet" in str(err.value)
+
+
+def test_missing_columns(roof_path, tmp_path):
+    table = pq.read_table(roof_path).drop_columns(["median_s", "heads"])
+    pq.write_table(table, tmp_path / "short.parquet")
+    with pytest.raises(ProfileError) as err:
+        load_compute_model(GPU, tmp_path / "short.parquet")
+    assert err.value.file.endswith("short.parquet")
+    assert "median_s" in err.value.field and "heads" in err.value.field
+    assert "median_s" in err.value.allowed  # lists every column
+
+
+def test_empty_profile(base, tmp_path):
+    empty = write_profile(tmp_path / "empty.parquet", base[0].slice(0, 0), {**base[1], "ops": "[]"})
+    with pytest.raises(ProfileError, match="no rows") as err:
+        load_compute_model(GPU, empty.path)
+    assert "empty.parquet" in str(err.value)
+
+
+def test_required_op_with_no_rows(base, tmp_path):
+    path = derived(base, tmp_path / "nowgrad.parquet", keep=lambda r: r["op"] != "grouped_gemm_wgrad")
+    with pytest.raises(ProfileError) as err:
+        load_compute_model(GPU, path)
+    assert err.value.field == "op" and err.value.value == "grouped_gemm_wgrad" and "nowgrad.parquet" in str(err.value)
+
+
+def test_listed_op_with_no_rows(base, tmp_path):
+    ops = json.loads(base[1]["ops"]) + ["alltoall"]
+    path = derived(base, tmp_path / "listed.parquet", meta={"ops": json.dumps(ops)})
+    with pytest.raises(ProfileError) as err:
+        read_profile(path)
+    assert err.value.field == "op" and err.value.value == "alltoall"
+
+
+def test_unordered_percentiles_are_rejected(base, tmp_path):
+    table, meta = base
+    p10 = table.column("p10_s").to_pylist()
+    p10[3] = 2 * p10[3]
+    bad = table.set_column(table.column_names.index("p10_s"), "p10_s", pa.array(p10))
+    path = write_profile(tmp_path / "bad.parquet", bad, meta).path
+    with pytest.raises(ProfileError) as err:
+        read_profile(path)
+    assert err.value.field == "median_s[row 3]" and "p10_s <= median_s <= p90_s" in str(err.value)
+
+
+def test_dtype_the_scenario_asks_for_but_the_profile_lacks(base, tmp_path):
+    path = derived(base, tmp_path / "bf16only.parquet", keep=lambda r: r["dtype"] != "fp8")
+    with pytest.raises(ProfileError) as err:
+        load_compute_model(GPU, path, dtypes=("fp8",))
+    assert err.value.field == "dtype" and err.value.value == "fp8" and err.value.allowed == "bf16"
+    assert "bf16only.parquet" in str(err.value)
+    # Asked at call time instead of up front: the same error.
+    model = load_compute_model(GPU, path)
+    with pytest.raises(ProfileError, match="bf16only.parquet: dtype='fp8'"):
+        model.gemm_s(4096, 4096, 4096, "fp8")
+    with pytest.raises(ProfileError, match="allowed: bf16"):
+        model.grouped_gemm_s([64, 64], 4096, 4096, "fp8")
+
+
+def test_profile_of_another_gpu_is_refused(roof_path):
+    with pytest.raises(ProfileError) as err:
+        load_compute_model("A100-SXM-80GB", roof_path)
+    assert err.value.field == "gpu" and err.value.value == GPU and "A100-SXM-80GB" in str(err.value)
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+def test_load_compute_model_without_a_profile_is_the_roofline(roof_path):
+    model = load_compute_model(GPU, None)
+    assert isinstance(model, RooflineModel)
+    profiled = load_compute_model(GPU, roof_path)
+    assert isinstance(profiled, ComputeModel) and profiled.describe()["kind"] == "profile"
+
+
+def test_describe_gives_provenance(roof_model, roof_path):
+    info = roof_model.describe()
+    assert info["identifier"] == roof_model.identifier == read_profile(roof_path).profile_id
+    assert info["provenance"] == "datasheet-roofline" and info["device"] == GPU
+    assert info["command"] == "pytest" and info["date_utc"].endswith("+00:00")
+    assert info["tables"]["gemm:bf16"]["basis"] in ("roofline-ratio", "direct")
+
+
+def test_roofline_profile_reproduces_the_roofline_inside_and_outside_the_grid(roof_model):
+    m = np.array([1, 16, 100, 3000, 16384, 70000])
+    n, k = np.array([[7168], [200], [40000]]), 2048
+    for dtype in ("bf16", "fp8"):
+        np.testing.assert_allclose(roof_model.gemm_s(m, n, k, dtype), ROOF.gemm_s(m, n, k, dtype), rtol=1e-9)
+    tokens = np.array([[0, 0, 0, 0], [5, 100, 0, 37], [1000, 2000, 3000, 50]])
+    np.testing.assert_allclose(roof_model.grouped_gemm_s(tokens, 4096, 7168, "bf16"),
+                               ROOF.grouped_gemm_s(tokens, 4096, 7168, "bf16"), rtol=1e-9)
+    np.testing.assert_allclose(roof_model.grouped_gemm_wgrad_s(tokens, 4096, 7168, "fp8"),
+                               ROOF.grouped_gemm_wgrad_s(tokens, 4096, 7168, "fp8"), rtol=1e-9)
+    for causal, backward in itertools.product((True, False), (True, False)):
+        assert roof_model.attention_s(2, 4096, 32, 192, 128, causal, "bf16", backward) == pytest.approx(
+            ROOF.attention_s(2, 4096, 32, 192, 128, causal, "bf16", backward), rel=1e-9)
+    sizes = np.array([0.0, 1e3, 1e6, 1e9, 1e11])
+    np.testing.assert_allclose(roof_model.memory_bound_s(sizes, 2), ROOF.memory_bound_s(sizes, 2), rtol=1e-9)
+
+
+def test_doubling_gemm_times_doubles_gemm_and_grouped_gemm(base, roof_model, tmp_path):
+    """Every GEMM time x2 in the profile -> every GEMM-family time x2 from the model (inside and
+    outside the grid), attention and memory-bound times unchanged."""
+    slow_table, slow_meta = scale_times(read_profile(roof_model.path), 2.0)
+    slow = ProfileModel(write_profile(tmp_path / "slow.parquet", slow_table, slow_meta).path, gpu_name=GPU)
+    assert slow.identifier != roof_model.identifier
+    tokens = np.array([[1, 7, 300, 0], [4096, 4096, 4096, 4096], [20000, 1, 1, 1]])
+    for dtype in ("bf16", "fp8"):
+        for shape in ((4096, 7168, 2048), (37, 1000, 300), (70000, 30000, 20000)):
+            assert slow.gemm_s(*shape, dtype) == pytest.approx(2 * roof_model.gemm_s(*shape, dtype), rel=1e-9)
+            fwd, fwd2 = gemm_backward_s(roof_model, *shape, dtype), gemm_backward_s(slow, *shape, dtype)
+            assert fwd2.total_s == pytest.approx(2 * fwd.total_s, rel=1e-9)
+        np.testing.assert_allclose(slow.grouped_gemm_s(tokens, 2048, 7168, dtype),
+                                   2 * roof_model.grouped_gemm_s(tokens, 2048, 7168, dtype), rtol=1e-9)
+        back, back2 = (grouped_gemm_backward_s(m, tokens, 2048, 7168, dtype) for m in (roof_model, slow))
+        np.testing.assert_allclose(back2.wgrad_s, 2 * back.wgrad_s, rtol=1e-9)
+        np.testing.assert_allclose(back2.dgrad_s, 2 * back.dgrad_s, rtol=1e-9)
+    assert slow.attention_s(1, 8192, 16, 128, 128, True, "bf16", True) == pytest.approx(
+        roof_model.attention_s(1, 8192, 16, 128, 128, True, "bf16", True), rel=1e-12)
+    assert slow.memory_bound_s(1e8) == pytest.approx(roof_model.memory_bound_s(1e8), rel=1e-12)
+
+
+# -- interpolation accuracy against known functions --------------------------------------------------
+
+HELD_OUT = ({"m": (256, 2048)}, {"k": (2048,)})  # grid values removed from the profile, one axis at a time
+
+
+def _held_out_error(base, tmp_path, truth, held: dict) -> tuple[float, ProfileModel]:
+    def keep(row):
+        return not (row["op"] == "gemm" and any(row[axis] in values for axis, values in held.items()))
+
+    model = ProfileModel(derived(base, tmp_path / "synthetic.parquet", keep=keep, gemm_s=truth), gpu_name=GPU)
+    points = np.array([p for p in itertools.product(FULL.gemm_m, FULL.gemm_n, FULL.gemm_k)
+                       if any(p["mnk".index(axis)] in values for axis, values in held.items())])
+    predicted = model.gemm_s(points[:, 0], points[:, 1], points[:, 2], "bf16")
+    return float(np.max(np.abs(predicted / truth(*points.T) - 1))), model
+
+
+def smooth_s(m, n, k):
+    """t = a + flops / b: a launch cost and one throughput, no quantization."""
+    return 4e-6 + 2.0 * np.asarray(m, dtype=float) * n * k / 700e12
+
+
+def staircase_s(m, n, k):
+    """Tile- and wave-quantized (the roofline's tiles on 132 SMs) at an efficiency that drifts
+    smoothly with size, 5-25% below the roofline's."""
+    flops = 2.0 * np.asarray(m, dtype=float) * n * k
+    return ROOF.gemm_s(m, n, k, "bf16") * (1.15 + 0.1 * np.tanh(np.log(flops / 1e10)))
+
+
+@pytest.mark.parametrize("held", HELD_OUT, ids=lambda h: ",".join(h))
+def test_smooth_function_is_recovered_at_held_out_grid_points(base, tmp_path, held):
+    error, model = _held_out_error(base, tmp_path, smooth_s, held)
+    assert error < 0.02
+    assert model.tables()["gemm:bf16"]["basis"] == "direct"  # the roofline's steps are not in the data
+
+
+@pytest.mark.parametrize("held", HELD_OUT, ids=lambda h: ",".join(h))
+def test_wave_quantized_staircase_is_recovered_at_held_out_grid_points(base, tmp_path, held):
+    error, model = _held_out_error(base, tmp_path, staircase_s, held)
+    assert error < 0.02
+    assert model.tables()["gemm:bf16"]["basis"] == "roofline-ratio"
+
+
+def test_staircase_needs_the_roofline_basis():
+    """The same data interpolated as plain times (no roofline) misses the steps by far more than 2%:
+    the accuracy above comes from the basis choice, not from an easy function."""
+    m_axis = np.array([v for v in FULL.gemm_m if v not in (256, 2048)], dtype=float)
+    grid = np.array(list(itertools.product(m_axis, FULL.gemm_n, FULL.gemm_k)), dtype=float)
+    direct = fit_table(grid, np.log(staircase_s(*grid.T)), {"direct": np.zeros(len(grid))})
+    held = np.array(list(itertools.product((256, 2048), FULL.gemm_n, FULL.gemm_k)), dtype=float)
+    predicted, _ = direct.table(held)
+    assert np.max(np.abs(np.exp(predicted) / staircase_s(*held.T) - 1)) > 0.10
+
+
+# -- extrapolation is bounded by the roofline (hypothesis) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fast_model(base, tmp_path_factory):
+    """A profile whose every kernel runs at 40% of the roofline's time: faster than the roofline
+    inside the grid (measured data may), so only the extrapolation floor keeps it above outside."""
+    path = derived(base, tmp_path_factory.mktemp("fast") / "fast.parquet",
+                   scale_ops=("gemm", "grouped_gemm", "grouped_gemm_wgrad", "attention_fwd", "attention_fwd_bwd",
+                              "copy", "rmsnorm", "layernorm", "permute", "unpermute"), factor=0.4)
+    return ProfileModel(path, gpu_name=GPU)
+
+
+outside = st.one_of(st.integers(1, 15), st.integers(16385, 2**20))
+anywhere = st.integers(1, 2**20)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_inside_the_grid_measured_speed_is_kept(fast_model):
+    assert fast_model.gemm_s(4096, 4096, 4096, "bf16") == pytest.approx(0.4 * ROOF.gemm_s(4096, 4096, 4096, "bf16"))
+
+
+@FAST
+@given(m=outside, n=anywhere, k=anywhere, dtype=st.sampled_from(["bf16", "fp8"]))
+def test_extrapolated_gemm_is_never_faster_than_the_roofline(fast_model, m, n, k, dtype):
+    assert fast_model.gemm_s(m, n, k, dtype) >= ROOF.gemm_s(m, n, k, dtype) * (1 - 1e-12)
+
+
+@FAST
+@given(tokens=st.lists(st.integers(0, 50000), min_size=1, max_size=80), n=st.integers(1, 40000),
+       k=st.integers(8193, 40000), wgrad=st.booleans())
+def test_extrapolated_grouped_gemm_is_never_faster_than_the_roofline(fast_model, tokens, n, k, wgrad):
+    model_fn = fast_model.grouped_gemm_wgrad_s if wgrad else fast_model.grouped_gemm_s
+    roof_fn = ROOF.grouped_gemm_wgrad_s if wgrad else ROOF.grouped_gemm_s
+    assert model_fn(tokens, n, k, "bf16") >= roof_fn(tokens, n, k, "bf16") * (1 - 1e-12)
+
+
+@FAST
+@given(seq=st.one_of(st.integers(1, 511), st.integers(16385, 131072)), heads=st.integers(1, 128),
+       head_dim=st.sampled_from([32, 64, 128, 192, 256]), backward=st.booleans(), causal=st.booleans())
+def test_extrapolated_attention_is_never_faster_than_the_roofline(fast_model, seq, heads, head_dim, backward, causal):
+    args = (1, seq, heads, head_dim, head_dim, causal, "bf16", backward)
+    assert fast_model.attention_s(*args) >= ROOF.attention_s(*args) * (1 - 1e-12)
+
+
+@FAST
+@given(size=st.one_of(st.floats(0, 2e5), st.floats(3e9, 1e13)), kernels=st.integers(1, 4))
+def test_extrapolated_memory_bound_is_never_faster_than_the_roofline(fast_model, size, kernels):
+    assert fast_model.memory_bound_s(size * kernels, kernels) >= ROOF.memory_bound_s(size * kernels, kernels) * (
+        1 - 1e-12)
+
+
+# -- the command line (no torch needed for --roofline) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli():
+    from typer.testing import CliRunner
+
+    from simmoe.cli import _register_all
+
+    _register_all()
+    return CliRunner()
+
+
+def test_cli_writes_a_roofline_profile(cli, tmp_path):
+    from simmoe.cli import app
+
+    out = tmp_path / "a100.parquet"
+    res = cli.invoke(app, ["calibrate", "--roofline", "A100-SXM-80GB", "--quick", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["provenance"] == "datasheet-roofline" and summary["path"] == str(out)
+    profile = read_profile(out)
+    assert set(profile.table.column("dtype").to_pylist()) == {"bf16"}  # A100 has no FP8
+    assert "fp8" in json.loads(profile.metadata["skipped"])
+    assert profile.metadata["command"] == f"simmoe calibrate --out {out} --roofline A100-SXM-80GB --quick --json"
+    assert list(profile.table.column_names) == list(COLUMN_NAMES)
+    with pytest.raises(ProfileError, match="allowed: bf16"):
+        load_compute_model("A100-SXM-80GB", out, dtypes=("bf16", "fp8"))
+
+
+def test_cli_unknown_gpu_is_one_sentence(tmp_path, capsys):
+    from simmoe.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--roofline", "H200", "--out", str(tmp_path / "x.parquet")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--roofline='H200'" in err and "H100-SXM" in err
