@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from simmoe.atomic import dataclass_table, write_parquet_atomic
 
 
 @dataclass(frozen=True)
@@ -84,25 +84,7 @@ def _clean(value):
 
 def write_steps_parquet(records: list[StepRecord], path: str | Path, metadata: dict[str, str]) -> Path:
     """Write ``records`` to ``path`` atomically, with string key-value ``metadata``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    types = {f.name: (pa.int64() if f.type in (int, "int") else pa.float64()) for f in fields(StepRecord)}
-    arrays = [pa.array([getattr(r, c) for r in records], type=types[c]) for c in COLUMNS]
-    schema = pa.schema([pa.field(c, types[c]) for c in COLUMNS],
-                       metadata={k.encode(): str(v).encode() for k, v in metadata.items()})
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_parquet_atomic(dataclass_table(records, StepRecord, metadata), path)
 
 
 def records_as_dicts(records: list[StepRecord]) -> list[dict]:

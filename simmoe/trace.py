@@ -9,9 +9,9 @@ pp, ep). Load the file in https://ui.perfetto.dev or chrome://tracing.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from simmoe.atomic import atomic_write
 
 
 def trace_events(timeline, *, step: int = 0) -> list[dict]:
@@ -40,12 +40,5 @@ def write_trace(timeline, path: str | Path, *, step: int = 0, metadata: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"traceEvents": trace_events(timeline, step=step), "displayTimeUnit": "ms",
            "otherData": metadata or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: json.dump(doc, handle), binary=False)
     return path

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simmoe.errors import ProfileError
+from simmoe.atomic import write_parquet_atomic
 
 SCHEMA_VERSION = "1"
 
@@ -143,15 +142,7 @@ def write_profile(path: str | Path, table: pa.Table, metadata: dict[str, str]) -
     if missing:
         raise ValueError(f"profile metadata lacks {missing}")  # a programming error, not input
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_parquet_atomic(table, path)
     return Profile(table=table, metadata=meta, path=str(path))
 
 

@@ -9,12 +9,12 @@ destination folder, then ``os.replace``) with string key-value metadata, as step
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from simmoe.atomic import dataclass_table, write_parquet_atomic
 
 PERCENTILES = {"p10": 10.0, "p50": 50.0, "p90": 90.0}
 
@@ -86,24 +86,4 @@ def rows_as_dicts(rows: list[ForecastRow]) -> list[dict]:
 
 def write_forecast_parquet(rows: list[ForecastRow], path: str | Path, metadata: dict[str, str]) -> Path:
     """Write ``rows`` to ``path`` atomically, with string key-value ``metadata``."""
-    # simmoe.results.write_steps_parquet is bound to StepRecord's columns; this is its twin for
-    # ForecastRow (same atomic write, same metadata encoding).
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    types = {c: pa.string() if c in _STR else pa.int64() if c in _INT else pa.float64() for c in COLUMNS}
-    arrays = [pa.array([getattr(r, c) for r in rows], type=types[c]) for c in COLUMNS]
-    schema = pa.schema([pa.field(c, types[c]) for c in COLUMNS],
-                       metadata={k.encode(): str(v).encode() for k, v in metadata.items()})
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_parquet_atomic(dataclass_table(rows, ForecastRow, metadata), path)

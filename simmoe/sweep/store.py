@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simmoe import __version__
+from simmoe.atomic import write_parquet_atomic
 from simmoe.errors import InputError, SimmoeError
 
 # Row columns, in the order they are written (swept fields go after point_key, metrics at the end).
@@ -87,16 +87,8 @@ def rows_table(rows: list[Mapping[str, Any]], grid: Mapping[str, list[Any]],
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # fsync: a finished point must survive a crash, or resuming would silently recompute it.
+    write_parquet_atomic(table, path, fsync=True)
 
 
 class SweepStore:
