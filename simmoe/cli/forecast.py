@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from simmoe.cli.common import default_out_dir, load_named_scenario, progress_bar, scenario_label
 from simmoe.errors import SimmoeError
 
 EXIT_INPUT = 2
@@ -43,33 +42,21 @@ def forecast_scenario(scenario_name: str | None, *, tokens: float | None = None,
                       calibration: str | None = None, overrides: list[str] | None = None,
                       progress: bool = False) -> dict:
     """Load, forecast, write; returns the summary the command prints."""
-    from simmoe.config.loader import load_default_scenario, load_scenario
     from simmoe.forecast import apply_overrides, forecast, settings_of, write_forecast_parquet
     from simmoe.forecast.records import rows_as_dicts
 
     scenario_sets, forecast_sets = _split_overrides(overrides)
     if tokens is not None:
         scenario_sets.append(f"training.total_tokens={float(tokens)!r}")
-    scenario = (load_default_scenario(scenario_sets or None) if scenario_name is None
-                else load_scenario(scenario_name, scenario_sets or None))
+    scenario = load_named_scenario(scenario_name, scenario_sets)
     settings = settings_of(scenario)
     if forecast_sets:
         settings = apply_overrides(settings, forecast_sets, file="--set")
-    name = scenario.name or (Path(scenario.source_file).stem if scenario.source_file else "scenario")
-    out_dir = Path(out) if out else Path("results") / name
-    bar = _progress_bar() if progress else None
-    try:
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(f"forecasting {name}", total=samples)
-            result = forecast(scenario, samples=samples, steps=steps, seed=seed, settings=settings,
-                              calibration=calibration, progress=lambda i, n: bar.update(task, completed=i))
-        else:
-            result = forecast(scenario, samples=samples, steps=steps, seed=seed, settings=settings,
-                              calibration=calibration)
-    finally:
-        if bar is not None:
-            bar.stop()
+    name = scenario_label(scenario)
+    out_dir = default_out_dir(out, scenario)
+    with progress_bar(f"forecasting {name}", samples, "samples", enabled=progress) as update:
+        result = forecast(scenario, samples=samples, steps=steps, seed=seed, settings=settings,
+                          calibration=calibration, progress=update)
     path = write_forecast_parquet(result.rows, out_dir / "forecast.parquet", result.metadata)
     sh = result.shape
     summary = {"scenario": name, "gpus": scenario.gpus, "seed": int(result.metadata["seed"]),
@@ -82,16 +69,6 @@ def forecast_scenario(scenario_name: str | None, *, tokens: float | None = None,
             row.pop(k)
         summary[kind] = row
     return summary
-
-
-def _progress_bar():
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
 
 
 def _print_summary(s: dict) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from simmoe.cli.common import default_out_dir, load_named_scenario, progress_bar, scenario_label
 from simmoe.errors import SimmoeError
 
 # Exit statuses: 2 = bad input (as every sub-command), 3 = the scenario does not fit in memory.
@@ -20,7 +20,6 @@ def run_scenario(scenario_name: str | None, *, out: str | None = None, seed: int
                  steps: int | None = None, trace: str | None = None, calibration: str | None = None,
                  overrides: list[str] | None = None, progress: bool = False) -> dict:
     """Load, simulate, write; returns the summary the command prints."""
-    from simmoe.config.loader import load_default_scenario, load_scenario
     from simmoe.engine import simulate
     from simmoe.results import summarize, write_steps_parquet
     from simmoe.trace import write_trace
@@ -30,22 +29,12 @@ def run_scenario(scenario_name: str | None, *, out: str | None = None, seed: int
 
         raise InputError("calibration profile not found", field="--calibration", value=calibration,
                          allowed="a calibration profile file (docs/calibration.md)")
-    scenario = (load_default_scenario(overrides or None) if scenario_name is None
-                else load_scenario(scenario_name, overrides or None))
-    name = scenario.name or (Path(scenario.source_file).stem if scenario.source_file else "scenario")
-    out_dir = Path(out) if out else Path("results") / name
-    bar = _progress_bar() if progress else None
-    try:
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(f"simulating {name}", total=steps or scenario.simulation.steps)
-            result = simulate(scenario, seed=seed, steps=steps, calibration=calibration,
-                              progress=lambda i, n: bar.update(task, completed=i))
-        else:
-            result = simulate(scenario, seed=seed, steps=steps, calibration=calibration)
-    finally:
-        if bar is not None:
-            bar.stop()
+    scenario = load_named_scenario(scenario_name, overrides)
+    name = scenario_label(scenario)
+    out_dir = default_out_dir(out, scenario)
+    total = steps or scenario.simulation.steps
+    with progress_bar(f"simulating {name}", total, "steps", enabled=progress) as update:
+        result = simulate(scenario, seed=seed, steps=steps, calibration=calibration, progress=update)
     path = write_steps_parquet(result.records, out_dir / "steps.parquet", result.metadata)
     summary = {"scenario": name, "gpus": scenario.gpus, "seed": int(result.metadata["seed"]),
                "calibration_id": result.metadata["calibration_id"], "steps_parquet": str(path)}
@@ -54,17 +43,6 @@ def run_scenario(scenario_name: str | None, *, out: str | None = None, seed: int
         summary["trace"] = str(write_trace(result.last.timeline, trace, step=result.last.step,
                                            metadata={"scenario": name, "seed": summary["seed"]}))
     return summary
-
-
-def _progress_bar():
-    """A rich progress bar on stderr, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
 
 
 def _print_summary(s: dict) -> None:
