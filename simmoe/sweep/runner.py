@@ -106,7 +106,7 @@ def run_sweep(sweep: SweepSpec | str | Path, out_dir: str | Path | None = None, 
         write_dataset()
         by_key = {p.key: p for p in todo}
         tasks = [PointTask(index=p.index, key=p.key, scenario=p.scenario, evaluator=spec.evaluator,
-                           metrics=spec.metrics) for p in todo]
+                           metrics=spec.metrics, options=spec.options) for p in todo]
         bar = task_id = None
         if progress:
             bar, task_id = _progress(spec.name, len(spec.points), skipped)

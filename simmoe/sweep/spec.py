@@ -64,6 +64,7 @@ class SweepSpec:
     evaluator: str
     points: tuple[SweepPoint, ...] = field(repr=False)
     text: str = field(default="", repr=False)  # the sweep file as written, kept in result metadata
+    options: dict[str, Any] | None = None  # evaluator keyword arguments, in every point's key
 
     @property
     def swept_fields(self) -> tuple[str, ...]:
@@ -288,4 +289,4 @@ def load_sweep(path: str | Path, *, evaluator: str = "engine", options: Mapping[
         by_key[key] = index
         points.append(SweepPoint(index=index, values=values, scenario=scenario, key=key))
     return SweepSpec(file=path.resolve(), name=name, base=base, set=set_, grid=grid, mode=mode, metrics=metrics,
-                     evaluator=ev_id, points=tuple(points), text=text)
+                     evaluator=ev_id, points=tuple(points), text=text, options=dict(options) if options else None)

@@ -24,6 +24,7 @@ class PointTask:
     scenario: Any  # a validated simmoe.config.Scenario (pickles with its derived private fields)
     evaluator: str  # module:function
     metrics: tuple[str, ...] | None  # columns to keep; None: all
+    options: dict[str, Any] | None = None  # keyword arguments of the evaluator (part of the point key)
 
 
 def _scalar(value: Any) -> Any:
@@ -43,7 +44,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     row: dict[str, Any] = {"index": task.index, "key": task.key, "status": STATUS_OK, "error": None,
                            "error_type": None, "metrics": {}}
     try:
-        summary = resolve_evaluator(task.evaluator)(task.scenario)
+        summary = resolve_evaluator(task.evaluator)(task.scenario, **(task.options or {}))
         if not hasattr(summary, "items"):
             raise TypeError(f"the evaluator returned {type(summary).__name__}, not a mapping of column -> value")
         summary = {str(k): _scalar(v) for k, v in summary.items()}
