@@ -21,8 +21,16 @@ except ImportError as err:  # only while the topology loader is being written
 
 needs_topology = pytest.mark.skipif(TOPOLOGY_MISSING is not None, reason=TOPOLOGY_MISSING or "")
 
-# Sweep files (scenarios/sweeps/) are not scenarios; tests/test_sweep*.py load them.
-SHIPPED = sorted(p for p in SCENARIO_DIR.glob("**/*.yaml") if "sweeps" not in p.relative_to(SCENARIO_DIR).parts)
+
+
+def _is_scenario(path: Path) -> bool:
+    """scenarios/ also holds sweeps, studies, claims and validation case files; a scenario is a
+    mapping with a model (or one that extends another scenario)."""
+    data = yaml.safe_load(path.read_text())
+    return isinstance(data, dict) and ("model" in data or "extends" in data)
+
+
+SHIPPED = sorted(p for p in SCENARIO_DIR.glob("**/*.yaml") if _is_scenario(p))
 
 
 def test_scenarios_are_shipped():
