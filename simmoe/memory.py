@@ -211,15 +211,17 @@ def in_flight(scenario: Any, pp_rank: int) -> dict[int, float]:
 
 def _a2a_buffers_bytes(scenario: Any, act: _Act) -> float:
     """Dispatch receive buffer (dispatch dtype) + combine buffer (BF16), one MoE layer at a time.
-    Padded: the capacity of the rank's experts, C * moe_tokens * top_k rows. Dropless: the worst
-    case, every EP peer sending every token once (DeepEP sizes its buffers this way)."""
+    Padded: the capacity of the rank's experts, C * moe_tokens * top_k rows. Dropless: the rows
+    actually received, at the balanced load moe_tokens * min(top_k, ep) (DeepEP's normal kernels stream
+    through fixed-size chunked buffers, covered by the reserve, and allocate the received tensor at
+    its real size; the balanced load is the convention of the expert activations above)."""
     m, par, r = scenario.model, scenario.parallelism, scenario.routing
     if m.moe is None or par.ep == 1:
         return 0.0
     if r.execution == "padded" and r.capacity_factor is not None:
         rows = r.capacity_factor * act.Tm * m.moe.top_k
     else:
-        rows = act.Tm * par.ep
+        rows = act.Tm * min(m.moe.top_k, par.ep)  # a token reaches a rank at most once
     disp = FP8_BYTES_PER_ELEMENT if r.dispatch_dtype == "fp8" else BF16_BYTES_PER_ELEMENT
     return rows * m.hidden * (disp + BF16_BYTES_PER_ELEMENT)
 

@@ -107,7 +107,7 @@ def test_dualpipe_holds_two_copies_of_the_weights():
 
 def test_a2a_buffers_capacity_and_worst_case():
     drop = memory_breakdown(scenario(par=dict(ep=4, dp=4)))
-    assert drop.a2a_buffers_bytes == 32 * 4 * 64 * (2 + 2)  # tokens x ep peers, dispatch + combine
+    assert drop.a2a_buffers_bytes == 32 * 2 * 64 * (2 + 2)  # tokens x top_k (balanced), dispatch + combine
     padded = memory_breakdown(scenario(par=dict(ep=4, dp=4),
                                        routing=dict(execution="padded", capacity_factor=1.25)))
     assert padded.a2a_buffers_bytes == 1.25 * 32 * 2 * 64 * (2 + 2)

@@ -46,6 +46,7 @@ class RooflineParams:
     hbm_measured_TBps: float
     tile_shapes: tuple[tuple[int, int], ...]
     tile_k: dict[str, int]
+    tile_fixed_k: dict[str, float]  # per-tile fixed cost (prologue, epilogue), in main-loop K elements
     split_k_workspace_bytes_per_output_element: float
     anchors: dict[str, GemmAnchor]
     dtypes: dict[str, DtypeBytes]
@@ -73,6 +74,15 @@ def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_
         allowed = "a positive integer" if integer else ("a number >= 0" if allow_zero else "a positive number")
         raise InputError("bad value", file=file, field=path, value=value, allowed=allowed, has_value=True)
     return value
+
+
+def _tile_fixed_k(tree: dict, file: str) -> dict[str, float]:
+    """gemm.tile_fixed_k.<dtype>: optional (older parameter files lack it; 0 = no per-tile cost)."""
+    node = tree.get("gemm", {}).get("tile_fixed_k") if isinstance(tree.get("gemm"), dict) else None
+    if node is None:
+        return {dtype: 0.0 for dtype in DTYPES}
+    return {dtype: float(_positive(tree, f"gemm.tile_fixed_k.{dtype}", file, allow_zero=True)) if dtype in node
+            else 0.0 for dtype in DTYPES}
 
 
 def _parse(text: str, file: str) -> RooflineParams:
@@ -142,6 +152,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         hbm_measured_TBps=float(_positive(tree, "hbm.measured_TBps", file)),
         tile_shapes=tuple((int(r), int(c)) for r, c in shapes),
         tile_k={dtype: _positive(tree, f"gemm.tile_k.{dtype}", file, integer=True) for dtype in DTYPES},
+        tile_fixed_k=_tile_fixed_k(tree, file),
         split_k_workspace_bytes_per_output_element=float(
             _positive(tree, "gemm.split_k_workspace_bytes_per_output_element.value", file, allow_zero=True)
         ),

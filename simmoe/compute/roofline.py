@@ -57,11 +57,22 @@ class RooflineModel:
 
     kind = "roofline"
 
-    def __init__(self, gpu_name: str, *, params_file=None, file: str | None = None, field: str = "gpu") -> None:
+    def __init__(self, gpu_name: str, *, params_file=None, file: str | None = None, field: str = "gpu",
+                 comm_sms: int = 0, comm_sms_field: str = "comm_sms") -> None:
+        """``comm_sms``: SMs that communication kernels hold while compute runs (DeepEP-style
+        all-to-alls overlapped with compute, the scenario's ``parallelism.comm_sms``); compute
+        kernels get the other ``spec.sms - comm_sms``. ``comm_sms_field`` names it in errors."""
         self.spec: GpuSpec = gpu_spec(gpu_name, file=file, field=field)
         self.params: RooflineParams = load_roofline_params(params_file)
         p = self.params
-        self._sms = int(self.spec.sms)
+        if isinstance(comm_sms, bool) or int(comm_sms) != comm_sms or not 0 <= comm_sms < self.spec.sms:
+            raise InputError(f"{self.spec.name} has {self.spec.sms} SMs; compute needs at least one",
+                             file=file, field=comm_sms_field, value=comm_sms,
+                             allowed=f"0..{self.spec.sms - 1}")
+        self.comm_sms = int(comm_sms)
+        self._sms = int(self.spec.sms) - self.comm_sms
+        # The anchors' efficiency is per SM: a kernel on fewer SMs gets that fraction of the peak.
+        self.sm_fraction = self._sms / self.spec.sms
         hbm_anchor = gpu_spec(p.hbm_anchor_gpu, file=p.source, field="hbm.anchor_gpu")
         self.hbm_fraction = p.hbm_measured_TBps / hbm_anchor.hbm_TBps
         self.hbm_bytes_per_s = self.spec.hbm_TBps * 1e12 * self.hbm_fraction
@@ -70,7 +81,8 @@ class RooflineModel:
             dtype: self._solve_anchor(dtype) for dtype in DTYPES if self._peak_or_none(self.spec, dtype)
         }
         self._scalar_cache: dict[tuple, float] = {}
-        self.identifier = f"roofline:{self.spec.name}:{p.source}@{p.sha256[:12]}"
+        sms_tag = "" if self._sms == self.spec.sms else f"/{self._sms}sm"
+        self.identifier = f"roofline:{self.spec.name}{sms_tag}:{p.source}@{p.sha256[:12]}"
 
     # -- hardware lookups -------------------------------------------------------------------------
 
@@ -89,8 +101,15 @@ class RooflineModel:
             )
 
     def _flops_per_s(self, dtype: str) -> float:
-        """Whole-GPU main-loop rate of a GEMM in ``dtype``: datasheet peak x solved efficiency."""
-        return self._peak_or_none(self.spec, dtype) * self.gemm_efficiency[dtype]
+        """Main-loop rate of a GEMM in ``dtype`` on the compute SMs: datasheet peak x solved
+        efficiency x the fraction of SMs compute may use."""
+        return self._peak_or_none(self.spec, dtype) * self.gemm_efficiency[dtype] * self.sm_fraction
+
+    def _tile_depth(self, k, dtype: str):
+        """Main-loop depth one tile pays for: K padded to the main-loop step, plus the per-tile fixed
+        cost (pipeline fill, epilogue) expressed in K elements (roofline.yaml gemm.tile_fixed_k)."""
+        tile_k = self.params.tile_k[dtype]
+        return _ceil_div(k, tile_k) * tile_k + self.params.tile_fixed_k[dtype]
 
     # -- efficiency from the anchor ---------------------------------------------------------------
 
@@ -98,7 +117,7 @@ class RooflineModel:
         """Tensor-core FLOPs the GPU spends on a GEMM without split-K, idle SM slots of a partial
         last wave included: waves x SMs x one tile's FLOPs (K padded to the main-loop depth);
         the best tile shape."""
-        kpad = _ceil_div(k, self.params.tile_k[dtype]) * self.params.tile_k[dtype]
+        kpad = self._tile_depth(k, dtype)
         work = None
         for tile_m, tile_n in self.params.tile_shapes:
             tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
@@ -156,12 +175,13 @@ class RooflineModel:
         s = np.arange(2, sms + 1, dtype=np.float64)
         for tile_m, tile_n in p.tile_shapes:
             tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
-            tile_flops = 2.0 * tile_m * tile_n * tile_k  # one main-loop step of one tile
-            candidates_c = [np.ceil(tiles / sms) * sms * tile_flops * kblocks / rate]
+            kfix = p.tile_fixed_k[dtype]
+            candidates_c = [np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * (kblocks * tile_k + kfix) / rate]
             candidates_m = [base_bytes / bw]
             candidates_s = [np.ones(m.shape)]
             fits_one_wave = tiles[..., None] * s <= sms
-            c_split = np.where(fits_one_wave, sms * tile_flops * np.ceil(kblocks[..., None] / s) / rate, np.inf)
+            split_depth = np.ceil(kblocks[..., None] / s) * tile_k + kfix  # each split pays the fixed cost
+            c_split = np.where(fits_one_wave, sms * 2.0 * tile_m * tile_n * split_depth / rate, np.inf)
             workspace = p.split_k_workspace_bytes_per_output_element * s * (m * n)[..., None]
             m_split = (base_bytes[..., None] + workspace) / bw
             t_split = np.maximum(c_split, m_split)
@@ -217,7 +237,7 @@ class RooflineModel:
         compute = None
         for tile_m, tile_n in p.tile_shapes:
             tiles = _ceil_div(tokens, tile_m).sum(axis=-1) * np.ceil(n / tile_n)
-            c = np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * np.ceil(k / tile_k) * tile_k / rate
+            c = np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * self._tile_depth(k, dtype) / rate
             compute = c if compute is None else np.minimum(compute, c)
         overhead = np.full(compute.shape, p.kernel_overhead_s)  # launched even when every expert is empty
         return {"compute_s": compute, "memory_s": memory, "overhead_s": overhead,
@@ -245,7 +265,7 @@ class RooflineModel:
         compute = None
         for tile_m, tile_n in p.tile_shapes:
             tiles = np.where(active, np.ceil(k / tile_m) * np.ceil(n / tile_n), 0.0)
-            tile_s = 2.0 * tile_m * tile_n * _ceil_div(ordered, tile_k) * tile_k / rate_per_sm
+            tile_s = 2.0 * tile_m * tile_n * self._tile_depth(ordered, dtype) / rate_per_sm
             c = _wave_makespan(tile_s, tiles, sms)
             compute = c if compute is None else np.minimum(compute, c)
         overhead = np.full(compute.shape, p.kernel_overhead_s)
@@ -287,7 +307,8 @@ class RooflineModel:
             bytes_moved = b * s * h * ((2 * dqk + 3 * dv) * d.input_bytes + (2 * dqk + dv) * d.output_bytes + 8)
         ordered = -np.sort(-blocks)
         makespan_blocks = _wave_makespan(ordered, np.full(ordered.shape, b * h), sms)
-        compute = makespan_blocks * block_flops / (self._peak_or_none(self.spec, dtype) / sms * fraction)
+        # Per-SM rate is the whole GPU's over all its SMs; waves run over the compute SMs.
+        compute = makespan_blocks * block_flops / (self._peak_or_none(self.spec, dtype) / self.spec.sms * fraction)
         memory = bytes_moved / self.hbm_bytes_per_s
         overhead = p.kernel_overhead_s
         return {"compute_s": float(compute), "memory_s": float(memory), "overhead_s": overhead,
@@ -324,4 +345,6 @@ class RooflineModel:
             "hbm_fraction": round(self.hbm_fraction, 6),
             "hbm_bytes_per_s": self.hbm_bytes_per_s,
             "kernel_overhead_s": self.params.kernel_overhead_s,
+            "compute_sms": self._sms,
+            "gpu_sms": int(self.spec.sms),
         }

@@ -173,6 +173,11 @@ class Parallelism(_Section):
     # blocks on the first / last virtual stage; the rest split evenly over the other stages.
     first_stage_layers: NonNegInt | None = None
     last_stage_layers: NonNegInt | None = None
+    # SMs that communication kernels hold while compute runs (DeepEP's all-to-alls take 20 of the
+    # H800's 132 SMs in DeepSeek-V3's DualPipe overlap, report section 3.2.2). The compute model then
+    # runs every kernel on the GPU's SMs minus these (docs/compute.md). 0: communication on copy
+    # engines / no SM reservation modelled (NCCL-style default).
+    comm_sms: NonNegInt = 0
 
     @property
     def model_parallel_size(self) -> int:

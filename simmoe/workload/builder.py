@@ -19,6 +19,14 @@ requires SP instead).
 FP8 (training.precision = fp8) follows DeepSeek-V3: the GEMMs of linear layers (attention
 projections, dense FFN, shared and routed experts, the MTP projection; fprop, dgrad and wgrad) run
 in FP8; core attention, router, embedding, LM head, norms and the optimizer stay in BF16/FP32.
+Every FP8 GEMM input is quantized by its own memory-bound kernel (``*.quant`` forward: read BF16,
+write FP8 with 1x128 scales; ``*.bwd_quant`` backward: the output gradient quantized twice, 1x128
+for dgrad and 128x1 for wgrad, and the saved FP8 input re-quantized transposed for wgrad), as
+DeepSeek-V3 describes its own kernels (report section 3.5.2: activations are read from HBM for
+quantization and the FP8 values written back, "only to be read again for MMA"; in the backward
+"the matrix needs to be read out, dequantized, transposed, re-quantized into 128x1 tiles, and
+stored in HBM"). Tokens dispatched in FP8 are quantized once before the dispatch (``moe.quant``)
+and enter the routed experts' first GEMM already in FP8.
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ FP32 = 4
 # Megatron keeps main gradients in FP32 and reduces them in FP32 (its default without
 # --grad-reduce-in-bf16; DeepSeek-V3 also keeps gradients in FP32).
 GRAD_BYTES = 4
+
+# FP8 quantization kernels (module docstring), bytes per element of the quantized tensor:
+# forward: read BF16 (2) + write FP8 with 1x128 scales (1 + 4/128);
+QUANT_FWD_BYTES = BF16_BYTES_PER_ELEMENT + FP8_BYTES_PER_ELEMENT
+# backward, output gradient: read BF16 + write the 1x128 and the 128x1 FP8 copies;
+QUANT_GRAD_BYTES = BF16_BYTES_PER_ELEMENT + 2 * FP8_BYTES_PER_ELEMENT
+# backward, saved FP8 input: read it + write it transposed (128x1 tiles) for wgrad.
+REQUANT_INPUT_BYTES = 2 * FP8_BYTES_PER_ELEMENT
 
 # Roles of forward ops, used to pick what selective recompute re-runs.
 SELECTIVE_ROLES = frozenset({"norm", "mla_up", "act"})
@@ -146,7 +162,11 @@ class _Seq:
 
     # shorthands -------------------------------------------------------------------------------
     def gemm(self, base: str, m: int, n: int, k: int, dtype: str, *, role: str = "", redundancy: int = 1,
-             also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None) -> str:
+             also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None,
+             quantized_input: bool = False) -> str:
+        if dtype == "fp8" and not quantized_input:  # quantize the (m x k) input first (docstring)
+            qname = self.mem(f"{base}.quant", m * k * QUANT_FWD_BYTES, role=role, also=also, side_after=side_after)
+            also, side_after = (), (None if side_after is None else (qname,))
         fields = dict(layer=_layer(base), m=int(m), n=int(n), k=int(k), dtype=dtype,
                       model_flops=2.0 * m * n * k / redundancy)
         if side_after is not None:
@@ -182,6 +202,10 @@ def _gemm_bwd(q: _Seq, base: str, m: int, n: int, k: int, dtype: str, *, redunda
               also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None) -> str:
     """Backward of a forward (m x k) @ (k x n): ONE op with the forward's shapes standing for dgrad
     + wgrad (2x the forward FLOPs; the engine times it with simmoe.compute.gemm_backward_s)."""
+    if dtype == "fp8":  # output gradient (m x n) and saved input (m x k) re-quantized (docstring)
+        qname = q.mem(f"{base}.bwd_quant", m * n * QUANT_GRAD_BYTES + m * k * REQUANT_INPUT_BYTES,
+                      also=also, side_after=side_after)
+        also, side_after = (), (None if side_after is None else (qname,))
     fields = dict(layer=_layer(base), m=int(m), n=int(n), k=int(k), dtype=dtype,
                   model_flops=2.0 * 2.0 * m * n * k / redundancy)
     if side_after is not None:
@@ -324,13 +348,19 @@ def _dense_ffn_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     q.mem(f"{P}.ln2_bwd", c.Tsp * d * BF16 * 3)
 
 
-def _expert_gemm(q: _Seq, base: str, n: int, k: int, c: _Ctx, backward: bool, also=()) -> str:
+def _expert_gemm(q: _Seq, base: str, n: int, k: int, c: _Ctx, backward: bool, also=(),
+                 quantized_input: bool = False) -> str:
     """A grouped GEMM over the rank's experts, forward shapes; in the backward it stands for dgrad +
     wgrad (simmoe.compute.grouped_gemm_backward_s). model_flops at the balanced load: the rank's
     experts receive moe_tokens*top_k rows on average (an expert_tp shard sees etp times the rows
     with 1/etp of the weights); summed over an EP group this is exact whatever the imbalance."""
     mean_rows = c.Tm * c.k * c.etp
     flops = 2.0 * mean_rows * n * k * (2 if backward else 1)
+    if c.lin == "fp8" and (backward or not quantized_input):  # at the balanced load, as other memory ops
+        nbytes = (mean_rows * n * QUANT_GRAD_BYTES + mean_rows * k * REQUANT_INPUT_BYTES if backward
+                  else mean_rows * k * QUANT_FWD_BYTES)
+        q.mem(f"{base[:-4] if backward else base}.{'bwd_quant' if backward else 'quant'}", nbytes, also=also)
+        also = ()
     return q.main(ExpertGemmOp, base, also=also, layer=_layer(base), n=int(n), k=int(k), dtype=c.lin,
                   model_flops=flops)
 
@@ -343,6 +373,9 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
     q.gemm(f"{P}.moe.router", Tm, c.E, d, c.router_dtype)
     q.mem(f"{P}.moe.topk", Tm * c.E * FP32 * 2)
     permute = q.mem(f"{P}.moe.permute", Tm * d * BF16 + Tm * k * d * BF16)
+    fp8_tokens = c.ep > 1 and c.s.routing.dispatch_dtype == "fp8"
+    if fp8_tokens:  # tokens are quantized once, then dispatched and fed to fc1 in FP8
+        permute = q.mem(f"{P}.moe.quant", Tm * d * QUANT_FWD_BYTES)
     if c.ep > 1:
         q.coll(f"{P}.moe.dispatch", "ep", "alltoall_dispatch", bytes_per_token=c.dispatch_bytes_per_token)
     if c.etp > 1:
@@ -360,7 +393,8 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
             prev = q.coll(f"{P}.shared.tp_out", "tp", "reduce_scatter" if c.sp else "allreduce",
                           size_bytes=T * d * BF16, side_after=(prev,))
         shared_last = prev
-    _expert_gemm(q, f"{P}.moe.fc1", c.width(fe), d, c, False, also=(shared_last,))
+    _expert_gemm(q, f"{P}.moe.fc1", c.width(fe), d, c, False, also=(shared_last,),
+                 quantized_input=fp8_tokens and c.etp == 1)
     q.mem(f"{P}.moe.act", c.act_bytes(mean_rows, fe, False), role="act")
     _expert_gemm(q, f"{P}.moe.fc2", d, fe, c, False)
     if c.etp > 1:
