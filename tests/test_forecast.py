@@ -308,6 +308,7 @@ class DefaultLike:
         price_per_gpu_hour_usd, power_price_usd_per_kwh, pue, grid_kgco2_per_kwh, water_l_per_kwh = 2.0, 0.1, 1.2, 0.429, 1.8
 
     training, parallelism, simulation, costs = _T(), _P(), _S(), _C()
+    forecast = ForecastSettings()
     gpus, gpus_per_node, gpu_model, name = 16, 8, "H100-SXM", "fake"
 
     class cluster:  # noqa: N801

@@ -14,44 +14,19 @@ EXIT_INPUT = 2
 EXIT_INFEASIBLE = 3
 
 
-def _split_overrides(overrides: list[str] | None) -> tuple[list[str], dict]:
-    """(scenario overrides, forecast.* overrides). Once the scenario schema has a ``forecast``
-    section the loader takes them all."""
-    from simmoe.config.loader import parse_yaml_value
-    from simmoe.config.schema import Scenario
-    from simmoe.errors import InputError
-
-    if "forecast" in Scenario.model_fields:
-        return list(overrides or []), {}
-    scenario_sets, forecast_sets = [], {}
-    for item in overrides or []:
-        key, eq, text = item.partition("=")
-        if eq and key.strip().startswith("forecast."):
-            try:
-                forecast_sets[key.strip()] = parse_yaml_value(text)
-            except Exception:  # noqa: BLE001 - yaml raises several types; the message says what to do
-                raise InputError("the value is not valid YAML", file="--set", field=key.strip(), value=text,
-                                 allowed="a YAML scalar, e.g. 3600, 0.5, null") from None
-        else:
-            scenario_sets.append(item)
-    return scenario_sets, forecast_sets
-
-
 def forecast_scenario(scenario_name: str | None, *, tokens: float | None = None, samples: int = 10,
                       steps: int | None = None, seed: int | None = None, out: str | None = None,
                       calibration: str | None = None, overrides: list[str] | None = None,
                       progress: bool = False) -> dict:
     """Load, forecast, write; returns the summary the command prints."""
-    from simmoe.forecast import apply_overrides, forecast, settings_of, write_forecast_parquet
+    from simmoe.forecast import forecast, settings_of, write_forecast_parquet
     from simmoe.forecast.records import rows_as_dicts
 
-    scenario_sets, forecast_sets = _split_overrides(overrides)
+    scenario_sets = list(overrides or [])
     if tokens is not None:
         scenario_sets.append(f"training.total_tokens={float(tokens)!r}")
     scenario = load_named_scenario(scenario_name, scenario_sets)
     settings = settings_of(scenario)
-    if forecast_sets:
-        settings = apply_overrides(settings, forecast_sets, file="--set")
     name = scenario_label(scenario)
     out_dir = default_out_dir(out, scenario)
     with progress_bar(f"forecasting {name}", samples, "samples", enabled=progress) as update:

@@ -19,6 +19,7 @@ PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class _Section(BaseModel):
@@ -267,6 +268,56 @@ class Simulation(_Section):
     fidelity: Literal["analytical", "flow"] = "flow"
 
 
+# ------------------------------------------------------------------------------------ forecast
+# Inputs of the whole-run forecast (simmoe.forecast): failures, an owned cluster, power. Every
+# default is an assumption, not a measurement; docs/forecast.md gives the source of each.
+
+# Llama 3 405B pre-training (Meta, "The Llama 3 Herd of Models", 2024, section 3.3.4): 419
+# unexpected interruptions in 54 days on 16,384 H100 GPUs (2,048 nodes of 8); 58.7% of them GPU
+# issues. GPU share: 0.587 * 419 = 246 over 16,384 GPUs * 1,296 h -> ~86,000 h per GPU; the other
+# 173 over 2,048 nodes * 1,296 h -> ~15,000 h per node. Together: one interruption every ~3.1 h
+# on that cluster, as the paper reports.
+LLAMA3_GPU_MTBF_HOURS = 86_000.0
+LLAMA3_NODE_MTBF_HOURS = 15_000.0
+
+
+class Failures(_Section):
+    """Interruptions of a synchronous job: any failed GPU or node stops every rank."""
+
+    enabled: bool = True
+    gpu_mtbf_hours: PosFloat = LLAMA3_GPU_MTBF_HOURS  # per GPU (GPU, HBM, NVLink faults)
+    node_mtbf_hours: PosFloat = LLAMA3_NODE_MTBF_HOURS  # per node (host, NIC, switch, software)
+    restart_s: NonNegFloat = 1800.0  # R: detect, reschedule, reload the last checkpoint (assumption)
+    checkpoint_write_s: NonNegFloat = 60.0  # delta: training stalls this long per checkpoint (assumption)
+    checkpoint_interval_s: PosFloat | None = None  # compute time between checkpoints; null: Daly optimum
+
+
+class OwnedCluster(_Section):
+    """Buy instead of rent: capex spread over the hardware's life, plus the power bill."""
+
+    capex_per_gpu_usd: NonNegFloat  # GPU plus its share of node, fabric and installation
+    amortization_years: PosFloat = 4.0  # straight-line life (assumption; 4-6 years is common)
+    utilization: Fraction = 0.8  # share of its life the cluster runs paid work (assumption)
+
+
+class Power(_Section):
+    """GPU power at the simulated utilization, and everything else in a node."""
+
+    gpu_idle_w: NonNegFloat | None = None  # null: 10% of TDP (assumption)
+    gpu_tdp_w: PosFloat | None = None  # null: tdp_W of the scenario's GPU in simmoe/data/hardware.yaml
+    # CPUs, memory, NICs, NVSwitches, fans and a share of the fabric's switches. DGX H100 datasheet:
+    # 10.2 kW system maximum minus 8 x 700 W GPU TDP = 4.6 kW; a maximum, so an upper-bound assumption.
+    node_overhead_w: NonNegFloat = 4600.0
+
+
+class Forecast(_Section):
+    """Whole-run forecast inputs beyond the step itself (docs/forecast.md)."""
+
+    failures: Failures = Failures()
+    owned_cluster: OwnedCluster | None = None  # null: price by costs.price_per_gpu_hour_usd (cloud)
+    power: Power = Power()
+
+
 class Scenario(_Section):
     name: str | None = None
     description: str | None = None
@@ -277,6 +328,7 @@ class Scenario(_Section):
     cluster: Cluster
     costs: Costs = Costs()
     simulation: Simulation = Simulation()
+    forecast: Forecast = Forecast()
 
     # Set by the loader; not part of the file.
     _source_file: str | None = PrivateAttr(default=None)
