@@ -24,14 +24,15 @@ import simpy
 
 from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
 from simmoe.engine.core import CommRequest, SimRank, StepEngine, StepTimeline
-from simmoe.engine.moe_comm import MoeLinkLoads, moe_alltoall
-from simmoe.engine.network import AnalyticalSimNetwork, CoflowNetwork, ReplicaSimNetwork
+from simmoe.engine.moe_comm import moe_alltoall
 from simmoe.engine.program import Program, compile_program
 from simmoe.engine.schedules import build_schedule
 from simmoe.errors import InputError
 from simmoe.network import collectives as coll
+from simmoe.network.coflow import AnalyticalSimNetwork, CoflowFabric, CoflowNetwork, ReplicaSimNetwork
 from simmoe.network.flows import Collective, FlowSet, Stage
 from simmoe.network.params import DEFAULT_NETWORK_PARAMS, NetworkParams
+from simmoe.routing.popularity import max_over_mean
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp
 
 COMM_CATEGORY = {"tp": "tp", "cp": "tp", "expert_tp": "tp", "dp": "dp", "dp_cp": "dp", "edp": "dp",
@@ -189,7 +190,12 @@ class Simulation:
         if compute is None:
             from simmoe.compute import RooflineModel
 
-            compute = RooflineModel(scenario.gpu_model or topology.gpu_model)
+            # --- hook (compute owner): parallelism.comm_sms, SMs held by overlapped communication
+            # kernels, are taken from every compute kernel (docs/compute.md, "Communication SMs").
+            compute = RooflineModel(scenario.gpu_model or topology.gpu_model,
+                                    comm_sms=scenario.parallelism.comm_sms,
+                                    comm_sms_field="parallelism.comm_sms")
+            # --- end hook
         self.compute = compute
         self.m = scenario.micro_batches_per_step
         if self.m < 1:
@@ -213,7 +219,9 @@ class Simulation:
         self._static_s: dict = {}
         self._static_coll: dict = {}
         self._multiplicity: dict = {}
-        self._link_loads: dict = {}
+        self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
+        self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
+        self._ep_gpu_tuples: dict = {}
 
     # ------------------------------------------------------------------ ranks
     def _setup_ranks(self) -> None:
@@ -241,6 +249,12 @@ class Simulation:
     def _gpus(self, ranks) -> np.ndarray:
         return self.layout.rank_to_gpu[np.asarray(ranks)]
 
+    def _gpu_tuple(self, ep_row: int, gpus) -> tuple:
+        got = self._ep_gpu_tuples.get(ep_row)
+        if got is None:
+            got = self._ep_gpu_tuples[ep_row] = tuple(int(x) for x in gpus)
+        return got
+
     # ------------------------------------------------------------------ routing
     def _moe_layers(self) -> list[int]:
         layers = set()
@@ -259,6 +273,7 @@ class Simulation:
         self._experts_of_rank: dict[int, np.ndarray] = {}
         self._layer_stage: dict[int, int] = {}
         self._draws: dict = {}
+        self._batch_draws: dict = {}
         self.stats = StepStats()
         if not layers:
             return
@@ -311,15 +326,30 @@ class Simulation:
             self._routing[moe_i] = cache[key]
             self._experts_of_rank[moe_i] = experts_of_rank(placement, par.ep)
 
+    def _layer_draws(self, step: int, moe_i: int) -> list:
+        """Every micro-batch's draw of one MoE layer, drawn at once (the same draws as one by one:
+        each (step, layer, micro-batch) keeps its own random stream)."""
+        ds = self._batch_draws.get(moe_i)
+        if ds is None:
+            ds = self._batch_draws[moe_i] = self._routing[moe_i].draw_batch(step, moe_i, range(self.m))
+        return ds
+
     def _draw(self, step: int, moe_i: int, mb: int):
         key = (moe_i, mb)
         d = self._draws.get(key)
         if d is None:
-            d = self._routing[moe_i].draw(step, moe_i, mb)
+            d = self._layer_draws(step, moe_i)[mb] if mb < self.m else \
+                self._routing[moe_i].draw(step, moe_i, mb)
+            # Statistics are counted at first use, in the engine's order, as before batching.
             self._draws[key] = d
-            self.stats.assignments += d.assignments
-            self.stats.dropped += d.dropped_assignments
-            self.stats.load_max_over_mean.append(d.expert_load_max_over_mean)
+            if d.execution == "dropless" and d.routing == "token_choice":
+                # Work equals load: the per-expert totals are already summed (same integers).
+                self.stats.assignments += int(d.compute_tokens_per_expert.sum())
+                self.stats.load_max_over_mean.append(max_over_mean(d.compute_tokens_per_expert))
+            else:
+                self.stats.assignments += d.assignments
+                self.stats.dropped += d.dropped_assignments
+                self.stats.load_max_over_mean.append(d.expert_load_max_over_mean)
         return d
 
     # ------------------------------------------------------------------ compute
@@ -347,21 +377,31 @@ class Simulation:
             return float(c.gemm_s(m, op.n, op.k, self._dtype(op)))
         return 0.0
 
-    def _expert_times(self, step: int, op: ExpertGemmOp, mb: int) -> np.ndarray:
-        """(ep,) seconds of this grouped GEMM on each EP rank of the group."""
+    def _expert_times(self, step: int, op: ExpertGemmOp, mb: int) -> tuple[np.ndarray, float]:
+        """((ep,) seconds of this grouped GEMM on each EP rank of the group, their max). One call
+        of the compute model times every micro-batch of the layer (its arrays take a batch axis)."""
         moe_i = self.moe_index[op.layer]
-        key = ("x", moe_i, mb, op.n, op.k, op.dtype, op.phase)
-        t = self._static_s.get(key)
-        if t is None:
-            d = self._draw(step, moe_i, mb)
-            tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase)
+        got = self._static_s.get(key)
+        if got is None:
+            ds = self._layer_draws(step, moe_i)
+            comp = np.stack([np.asarray(d.compute_tokens_per_expert) for d in ds])
+            tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
             if op.phase == "bwd":
                 t = np.asarray(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
                                                        self._dtype(op)).total_s, float)
             else:
                 t = np.asarray(self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)), float)
-            self._static_s[key] = t
-        return t
+            t = t.reshape(len(ds), -1)
+            got = self._static_s[key] = (t, t.max(axis=1).tolist())
+        if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
+            d = self._draw(step, moe_i, mb)
+            tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
+            fn = (lambda x: grouped_gemm_backward_s(self.compute, x, op.n, op.k, self._dtype(op)).total_s) \
+                if op.phase == "bwd" else (lambda x: self.compute.grouped_gemm_s(x, op.n, op.k, self._dtype(op)))
+            t = np.asarray(fn(tokens), float)
+            return t, float(t.max())
+        return got[0][mb], got[1][mb]
 
     def node_time_s(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int):
         skey = (key, k)
@@ -378,9 +418,9 @@ class Simulation:
         for i in node.ops:
             op = prog.ops[i]
             if isinstance(op, ExpertGemmOp) and not op.shared:
-                t = self._expert_times(self._step, op, mb)
+                t, t_max = self._expert_times(self._step, op, mb)
                 # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
-                ex += float(t.max()) if ep_coord is None else float(t[ep_coord])
+                ex += t_max if ep_coord is None else float(t[ep_coord])
         return base + ex, ex
 
     # ------------------------------------------------------------------ communication
@@ -439,13 +479,43 @@ class Simulation:
         self._multiplicity[key] = out
         return out
 
-    def _finish(self, collective, dim: str, s: int, hierarchical: bool = False,
-                dst_stage: int | None = None):
+    def _engine_name(self, base: str | None, dim: str, s: int, hierarchical: bool = False,
+                     dst_stage: int | None = None) -> str | None:
+        """The transport-engine name a collective carries: ``base``, or in a reduced flow-level
+        run the name under which the network holds its replica multiplicities."""
         if self.reduce and self.fidelity == "flow":
             mult = self._replica_multiplicity(dim, s, hierarchical, dst_stage)
-            collective.meta["engine"] = self.network.replica_engine(
-                collective.meta.get("engine"), f"{dim}:{s}:{int(hierarchical)}:{dst_stage}", mult)
+            return self.network.replica_engine(base, f"{dim}:{s}:{int(hierarchical)}:{dst_stage}", mult)
+        return base
+
+    def _finish(self, collective, dim: str, s: int, hierarchical: bool = False,
+                dst_stage: int | None = None):
+        collective.meta["engine"] = self._engine_name(collective.meta.get("engine"), dim, s,
+                                                      hierarchical, dst_stage)
         return collective
+
+    def _a2a_row(self, step: int, moe_i: int, mb: int, combine: bool, row: int, gpus, s: int,
+                 hier: bool):
+        """(coflow row, tokens moved, route latency) of one dispatch / combine; a layer's
+        micro-batches are built at once by the network's link-load table of the EP group."""
+        key = (moe_i, combine, row)
+        rows = self._a2a_rows.get(key)
+        if rows is None:
+            loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
+            x = self._a2a_rows.get((moe_i, row))  # the layer's token counts, shared by both directions
+            if x is None:
+                ds = self._layer_draws(step, moe_i)
+                x = self._a2a_rows[(moe_i, row)] = loads.inputs(
+                    np.stack([d.dispatch_tokens_per_src_dst_rank for d in ds]),
+                    np.stack([d.dispatch_tokens_per_src_dst_node for d in ds]))
+            engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
+            rows = self._a2a_rows[key] = (self._fabric.moe_rows(loads, x, combine, engine), engine)
+        if mb >= len(rows[0]):  # outside the step's micro-batches (tests poke at it)
+            d = self._draw(step, moe_i, mb)
+            loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
+            x = loads.inputs(d.dispatch_tokens_per_src_dst_rank, d.dispatch_tokens_per_src_dst_node)
+            return self._fabric.moe_rows(loads, x, combine, rows[1])[0], rows[1]
+        return rows[0][mb], rows[1]
 
     def node_collective(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int) -> CommRequest:
         op = prog.ops[prog.nodes[k].ops[0]]
@@ -484,18 +554,12 @@ class Simulation:
                 gpus = self._gpus(ranks)
                 combine = op.collective == "alltoall_combine"
                 if self.fidelity == "flow" and self.coflow:
-                    # The coflow network needs only link loads: no flow list is built.
-                    lk = self._link_loads.get(int(row))
-                    if lk is None:
-                        lk = self._link_loads[int(row)] = MoeLinkLoads(self.topology, gpus, self._server, hier)
-                    loads = lk.loads(d.dispatch_tokens_per_src_dst_rank, d.dispatch_tokens_per_src_dst_node,
-                                     op.bytes_per_token, combine)
-                    cl = Collective(op="moe_combine" if combine else "moe_dispatch",
-                                    gpus=tuple(int(x) for x in gpus), size_bytes=loads[2] / len(gpus),
-                                    stages=(Stage(FlowSet(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                                          np.zeros(0)), 1),),
-                                    meta={"engine": "deepep" if hier else None, "coflow_link_bytes": [loads]})
-                    return self._finish(cl, "ep", s, hier)
+                    # The coflow network needs only link rows: no flow list is built.
+                    (crow, tokens, lat), engine = self._a2a_row(step, moe_i, mb, combine, int(row), gpus, s, hier)
+                    total = tokens * op.bytes_per_token
+                    return Collective(op="moe_combine" if combine else "moe_dispatch",
+                                      gpus=self._gpu_tuple(int(row), gpus), size_bytes=total / len(gpus),
+                                      stages=_NO_FLOWS, meta={"engine": engine, "coflow_rows": [(crow, total, lat)]})
                 cl = moe_alltoall(gpus, d.dispatch_tokens_per_src_dst_rank, op.bytes_per_token,
                                   server_of_gpu=self._server,
                                   tokens_src_node=d.dispatch_tokens_per_src_dst_node,
@@ -533,15 +597,19 @@ class Simulation:
         if self.fidelity == "analytical":
             self.network = AnalyticalSimNetwork(env, self.topology, self.network_params)
         elif self.coflow:
-            self.network = CoflowNetwork(env, self.topology, self.network_params)
+            if self._fabric is None:  # routed collectives and scales outlive the step
+                self._fabric = CoflowFabric(self.topology, self.network_params)
+            self.network = CoflowNetwork(env, fabric=self._fabric)
         else:
             self.network = ReplicaSimNetwork(env, self.topology, self.network_params)
         self._step = step
         self._draws = {}
+        self._batch_draws = {}
+        self._a2a_rows = {}
         self.stats = StepStats()
         # Expert times depend on the step's draws; static times and collectives do not.
         self._static_s = {k: v for k, v in self._static_s.items() if k[0] != "x"}
-        if self.fidelity == "flow":
+        if self.fidelity == "flow" and not self.coflow:
             self._static_coll.clear()  # collectives carry engine names registered per network
         engine = StepEngine(env, self.network, self.ranks, self.schedule, self.programs,
                             self.step_programs, self, pp=self.pp, vpp=self.vpp)
@@ -560,6 +628,9 @@ class Simulation:
         for prog in self.step_programs.values():
             total += sum(op.model_flops for op in prog.ops) * per_stage
         return total
+
+
+_NO_FLOWS = (Stage(FlowSet(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)), 1),)
 
 
 def _empty(gpus):

@@ -15,8 +15,11 @@ import numpy as np
 from simmoe.errors import InputError
 from simmoe.routing.aggregated import (
     RouteProbabilities,
+    _segment_sum,
     expert_choice_probabilities,
     sample_raw,
+    sample_raw_arrays,
+    sample_raw_batch,
     token_choice_probabilities,
 )
 from simmoe.routing.capacity import CAPACITY_SCOPES, apply_capacity, execution_style, expert_capacity
@@ -219,6 +222,46 @@ class RoutingModel:
                 raw = exact_token_choice(g, probs.weights, rng, self.max_nodes_per_token)
         else:
             raw = sample_raw(g, probs, rng, expert_choice_capacity=self.expert_choice_capacity)
+        return self._finish_draw(raw)
+
+    def draw_batch(self, step: int, layer: int, microbatches, replica: int = 0) -> list[RoutingDraw]:
+        """``[draw(step, layer, mb, replica) for mb in microbatches]``, the same draws (each
+        micro-batch keeps its own random stream), computed at once where the sampler allows it
+        (aggregated token choice: one pass of array arithmetic over a micro-batch axis)."""
+        layer = self._check_layer(layer)
+        mbs = [_check_index("microbatch", mb) for mb in microbatches]
+        if self.sampler == "exact" or self.routing == "expert_choice":
+            return [self.draw(step, layer, mb, replica) for mb in mbs]
+        rngs = [draw_rng(self.seed, step, layer, mb, replica) for mb in mbs]
+        probs = self.probabilities(step, layer)
+        if self.execution != "dropless":
+            return [self._finish_draw(raw) for raw in sample_raw_batch(self.group, probs, rngs)]
+        out: list[RoutingDraw] = []
+        for arrays in sample_raw_arrays(self.group, probs, rngs):
+            out += self._dropless_batch(*arrays)
+        return out
+
+    def _dropless_batch(self, counts, distinct, node_distinct, unrouted) -> list[RoutingDraw]:
+        """What apply_capacity + assemble_draw give dropless draws (nothing dropped, work = load,
+        dispatch = distinct tokens), for a batch at once; all integer sums, so identical."""
+        g = self.group
+        compute = counts.sum(axis=1)  # (b, E)
+        per_rank = _segment_sum(compute[:, g.expert_order], g.rank_starts, g.rank_ends)
+        zeros = np.zeros(counts.shape[1:], dtype=counts.dtype)
+        zeros.flags.writeable = False  # shared by the batch's draws: nothing is ever dropped
+        return [RoutingDraw(
+            routing=self.routing, execution="dropless", top_k=g.top_k,
+            tokens_per_rank=g.tokens_per_rank, capacity=None,
+            tokens_per_src_expert=counts[i], tokens_per_src_dst_rank=distinct[i],
+            tokens_per_src_dst_node=node_distinct[i], unrouted_tokens_per_src=unrouted[i],
+            processed_tokens_per_src_expert=counts[i], dropped_tokens_per_src_expert=zeros,
+            compute_tokens_per_expert=compute[i], compute_tokens_per_rank=per_rank[i],
+            dispatch_tokens_per_src_dst_rank=distinct[i],
+            dispatch_tokens_per_src_dst_node=node_distinct[i],
+        ) for i in range(len(counts))]
+
+    def _finish_draw(self, raw) -> RoutingDraw:
+        g = self.group
         if self.routing == "expert_choice":
             # Capacity is built into expert choice: nothing dropped, every expert computes its
             # capacity (tokens it took), padding is moot.

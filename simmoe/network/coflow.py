@@ -1,0 +1,630 @@
+"""The engine's network backends behind one waist: ``transfer(collective) -> simpy.Event``.
+
+- :class:`CoflowNetwork` (the engine's default ``flow`` fidelity). Each collective stage is one
+  *coflow*: a single max-min variable whose flows progress in proportion to their sizes. Link l
+  carries ``rate x bytes_l / bytes``; alone the stage takes the bottleneck time
+  ``max_l bytes_l / capacity_l``; concurrent coflows share links max-min fairly (progressive
+  filling). Capacities (line rate x NCCL efficiency of the link class), transport-engine
+  efficiencies and the latency rule are SimNetwork's (simmoe.network.simnet).
+- :class:`ReplicaSimNetwork`: SimNetwork itself (per-flow max-min, exact, far slower for
+  all-to-alls of thousands of uneven flows) with replica multiplicities.
+- :class:`AnalyticalSimNetwork`: each collective alone with NCCL's busbw formulas
+  (simmoe.network.analytical); no contention.
+
+Replica multiplicities (reduced runs, docs/engine.md): a collective may stand for k symmetric
+copies of itself on a link; its route fraction there is scaled by k, so under max-min it takes
+exactly the share k copies of equal rate would take. ``replica_engine(base, name, multiplicity)``
+registers such a vector and returns the name to put in ``collective.meta["engine"]``.
+
+What keeps the coflow network fast (all exact up to floating-point rounding):
+
+- Static collectives are routed once: their per-stage link rows are cached (:class:`CoflowFabric`,
+  which outlives one step) under ``meta["cache_key"]``. MoE all-to-alls come with their rows
+  already built (``meta["coflow_rows"]``, from :class:`MoeLinkLoads`, many micro-batches at once).
+- Only links that can bind are looked at. A coflow's max-min rate never exceeds its rate alone
+  ``r_c = min_l capacity_l / a_cl``, so a link whose *potential* load ``sum_c a_cl r_c`` stays
+  below its capacity can never saturate and never affects any rate. Only *hot* links (potential
+  >= capacity) enter the solve; each coflow's own bottleneck is always hot.
+- Only the affected component is re-solved. Coflows that share a hot link form a component;
+  components are independent max-min problems. Starting or ending a coflow changes the potential
+  only on its own links, so only its component (merged or split) is re-solved. A coflow alone on
+  its hot links runs at ``r_c`` without any solve.
+- Progress is accounted lazily (remaining bytes at the time its rate last changed), one timer
+  event per change of the earliest completion, no SimPy process per transfer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import simpy
+
+from simmoe.network.backends import AnalyticalBackend
+from simmoe.network.flows import Collective
+from simmoe.network.params import DEFAULT_NETWORK_PARAMS, NetworkParams
+from simmoe.network.simnet import SimNetwork, effective_capacity_bytes_per_s, link_efficiency
+
+# A link is hot when its potential load reaches capacity within this relative margin: keeping a
+# link that cannot bind is harmless, dropping one that can is not, so the margin errs wide.
+HOT_RTOL = 1e-9
+# Progressive filling: links whose saturation level lies within this relative distance of the
+# lowest one saturate in the same round (the engine's historical tie rule).
+TIE_RTOL = 1e-12
+# A coflow is finished when its remaining bytes are within this fraction of its size (rounding).
+DONE_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class CoflowRow:
+    """One coflow's links: ``vals[i]`` bytes cross link ``cols[i]`` per byte of the coflow (route
+    fraction x replica multiplicity x engine factor); ``rate_alone_bytes_per_s`` its rate alone."""
+
+    cols: np.ndarray  # int64 link ids, vals > 0 only
+    vals: np.ndarray
+    rate_alone_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    row: CoflowRow | None  # None: nothing crosses a link
+    total_bytes: float
+    latency_s: float  # paid after the stage's bytes drained
+
+
+def make_row(cols: np.ndarray, vals: np.ndarray, capacity_bytes_per_s: np.ndarray) -> CoflowRow | None:
+    keep = vals > 0
+    if not keep.all():
+        cols, vals = cols[keep], vals[keep]
+    if len(cols) == 0:
+        return None
+    return CoflowRow(cols, vals, float(1.0 / np.max(vals / capacity_bytes_per_s[cols])))
+
+
+class CoflowFabric:
+    """What the coflow network keeps across steps: capacities, engine / replica scales, routed
+    static collectives and the MoE link-load tables of each EP group."""
+
+    def __init__(self, topology, params: NetworkParams = DEFAULT_NETWORK_PARAMS) -> None:
+        self.topology = topology
+        self.params = params
+        self.capacity_bytes_per_s = effective_capacity_bytes_per_s(topology, params)
+        self.hot_threshold = self.capacity_bytes_per_s * (1.0 - HOT_RTOL)
+        self._latency_s = np.asarray(topology.link_latency_s, dtype=np.float64)
+        self._scales: dict[str, np.ndarray | None] = {}
+        self._plans: dict = {}
+        self._moe: dict = {}
+
+    # ------------------------------------------------------------------ engine scales
+    def replica_engine(self, base_engine: str | None, name: str, multiplicity: np.ndarray | None
+                       ) -> str | None:
+        if multiplicity is None:
+            return base_engine
+        key = f"{base_engine or 'nccl'}|{name}"
+        if key not in self._scales:
+            base = self.engine_scale(base_engine)
+            m = np.asarray(multiplicity, dtype=np.float64)
+            self._scales[key] = m if base is None else m * base
+        return key
+
+    def engine_scale(self, engine: str | None) -> np.ndarray | None:
+        """Per-link factor on route fractions (replica multiplicity x NCCL/engine efficiency)."""
+        if engine is None:
+            return None
+        if engine not in self._scales:
+            ratio = link_efficiency(self.topology, self.params) / link_efficiency(
+                self.topology, self.params, engine)
+            self._scales[engine] = None if np.all(ratio == 1.0) else ratio
+        return self._scales[engine]
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, collective: Collective) -> list[StagePlan]:
+        """Per stage: its coflow row, bytes and latency (cached for collectives with a cache key)."""
+        rows = collective.meta.get("coflow_rows")
+        if rows is not None:  # prebuilt (scaled) rows: [(row, total_bytes, route_latency_s)]
+            return [StagePlan(row, total, st.latency_steps * (self.params.step_latency_s + lat))
+                    for (row, total, lat), st in zip(rows, collective.stages)]
+        engine = collective.meta.get("engine")
+        key = collective.meta.get("cache_key")
+        if key is not None:
+            hit = self._plans.get((key, engine))
+            if hit is not None:
+                return hit
+        scale = self.engine_scale(engine)
+        out = []
+        for stage in collective.stages:
+            flows = stage.flows.without_empty()
+            row, total, route_latency_s = None, 0.0, 0.0
+            if len(flows):
+                routes = sp.csr_matrix(self.topology.route_matrix(flows.src, flows.dst))
+                route_latency_s = float(np.max(routes @ self._latency_s))
+                total = float(flows.size_bytes.sum())
+                load = np.asarray(routes.T @ flows.size_bytes).reshape(-1) / total
+                if scale is not None:
+                    load = load * scale
+                cols = np.flatnonzero(load > 0)
+                row = make_row(cols, load[cols], self.capacity_bytes_per_s)
+            out.append(StagePlan(row, total, stage.latency_steps * (self.params.step_latency_s
+                                                                     + route_latency_s)))
+        if key is not None:
+            self._plans[(key, engine)] = out
+        return out
+
+    def moe_link_loads(self, key, gpus: np.ndarray, server_of_gpu: np.ndarray,
+                       hierarchical: bool) -> "MoeLinkLoads":
+        """The link-load table of one EP group (built once)."""
+        lk = self._moe.get(key)
+        if lk is None:
+            lk = self._moe[key] = MoeLinkLoads(self.topology, gpus, server_of_gpu, hierarchical)
+        return lk
+
+    def moe_rows(self, loads: "MoeLinkLoads", x: np.ndarray, combine: bool, engine: str | None
+                 ) -> list[tuple[CoflowRow | None, float, float]]:
+        """Per micro-batch (rows of ``x = loads.inputs(tokens_src_dst, tokens_src_node)``):
+        (row, total tokens, route latency) of a dispatch (or combine). Rows are per byte, so one
+        serves every bytes-per-token."""
+        cols, frac, latency, total = loads.loads_batch(None, None, combine, x)
+        scale = self.engine_scale(engine)
+        if scale is not None:
+            frac *= scale[cols][None, :]
+        cap = self.capacity_bytes_per_s[cols]
+        alone = 1.0 / np.max(frac / cap[None, :], axis=1)
+        positive = frac > 0
+        full = positive.all(axis=1)
+        out = []
+        for b, (f, pos, is_full) in enumerate(zip(frac, positive, full.tolist())):
+            if is_full:
+                row = CoflowRow(cols, f, float(alone[b]))
+            elif pos.any():
+                row = CoflowRow(cols[pos], f[pos], float(alone[b]))
+            else:
+                row = None
+            out.append((row, float(total[b]), float(latency[b])))
+        return out
+
+
+def _local_ranks(node: np.ndarray) -> np.ndarray:
+    local = np.zeros(len(node), dtype=np.int64)
+    for b in np.unique(node):  # per node: a handful
+        members = np.flatnonzero(node == b)
+        local[members] = np.arange(len(members))
+    return local
+
+
+class MoeLinkLoads:
+    """Link loads of an EP group's dispatch / combine from token counts, without building flows.
+
+    Flat (NCCL all-to-all-v): source s sends its tokens for rank d straight to d. Hierarchical
+    (DeepEP): the tokens s has for node b cross the fabric once, to the GPU with s's local rank in
+    b, and are forwarded over NVLink to each destination rank there (both legs one pipelined
+    stage, as simmoe.engine.moe_comm.moe_alltoall builds them). Combine reverses every flow.
+
+    Both are linear in the token counts: loads = K @ [tokens_src_dst, tokens_src_node] with K a
+    sparse (links x inputs) matrix built once per group and direction, so a whole layer's
+    micro-batches are one sparse x dense product.
+    """
+
+    def __init__(self, topology, gpus: np.ndarray, server_of_gpu: np.ndarray, hierarchical: bool) -> None:
+        g = np.asarray(gpus, dtype=np.int64)
+        n = len(g)
+        _, node = np.unique(np.asarray(server_of_gpu)[g], return_inverse=True)
+        node = node.reshape(-1)
+        self.n, self.n_nodes = n, int(node.max()) + 1
+        self.num_links = int(topology.num_links)
+        self.hier = bool(hierarchical and self.n_nodes > 1)
+        lat = np.asarray(topology.link_latency_s, dtype=np.float64)
+        src, dst = np.repeat(np.arange(n), n), np.tile(np.arange(n), n)
+        R_pair = sp.csr_matrix(topology.route_matrix(g[src], g[dst]))  # rows s * n + d
+        lat_pair = np.asarray(R_pair @ lat).reshape(-1)
+        s_in, d_in = src, dst  # input entry (s, d) of tokens_src_dst
+        self._tables = {}
+        if self.hier:
+            local = _local_ranks(node)
+            by_node = np.full((self.n_nodes, n), -1, dtype=np.int64)
+            by_node[node, local] = np.arange(n)
+            relay_of = by_node[node[None, :], local[:, None]]  # [s, d]: relay in d's node for s
+            relay_of = np.where(relay_of < 0, np.arange(n)[None, :], relay_of)
+            relay = relay_of[s_in, d_in]
+            fwd_ok = relay != d_in  # relay == d: the RDMA leg delivered it already
+            s_b = np.repeat(np.arange(n), self.n_nodes)
+            b_b = np.tile(np.arange(self.n_nodes), n)
+            rly = by_node[b_b, local[s_b]]
+            rdma_ok = (rly >= 0) & (node[s_b] != b_b)
+            rly = np.where(rly >= 0, rly, s_b)
+            R_rdma = sp.csr_matrix(topology.route_matrix(g[s_b], g[rly]))
+            R_rdma_rev = sp.csr_matrix(topology.route_matrix(g[rly], g[s_b]))
+            for combine in (False, True):
+                pair_rows = (d_in * n + relay) if combine else (relay * n + d_in)
+                rdma = R_rdma_rev if combine else R_rdma
+                lat_rdma = np.asarray(rdma @ lat).reshape(-1)
+                parts = [(R_pair, pair_rows, fwd_ok, lat_pair[pair_rows]),
+                         (rdma, np.arange(n * self.n_nodes), rdma_ok, lat_rdma)]
+                self._tables[combine] = self._table(parts, topology.num_links)
+        else:
+            ok = s_in != d_in
+            for combine in (False, True):
+                pair_rows = (d_in * n + s_in) if combine else (s_in * n + d_in)
+                parts = [(R_pair, pair_rows, ok, lat_pair[pair_rows])]
+                self._tables[combine] = self._table(parts, topology.num_links)
+
+    @staticmethod
+    def _table(parts, n_links: int):
+        """(used link ids, K (used links x inputs) CSR, per-input latency, per-input weight)."""
+        blocks, lats, weights = [], [], []
+        for R, rows, ok, lat in parts:
+            sel = R[rows]  # one route row per input entry
+            sel = sp.diags(ok.astype(np.float64)) @ sel
+            blocks.append(sel)
+            lats.append(np.where(ok, lat, 0.0))
+            weights.append(ok.astype(np.float64))
+        K = sp.vstack(blocks).T.tocsr()  # (links x inputs)
+        used = np.flatnonzero(np.diff(K.indptr) > 0)
+        K = K[used]
+        K.sort_indices()
+        return used, K, np.concatenate(lats), np.concatenate(weights)
+
+    def inputs(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None) -> np.ndarray:
+        """(batch, inputs) float token counts: what :meth:`loads_batch` multiplies (build it once
+        for both directions)."""
+        t = np.asarray(tokens_src_dst)
+        if t.ndim == 2:
+            t = t[None]
+        b = t.shape[0]
+        if not self.hier:
+            return t.reshape(b, -1).astype(np.float64)
+        tn = np.asarray(tokens_src_node).reshape(b, -1)
+        x = np.empty((b, t[0].size + tn.shape[1]))
+        x[:, :t[0].size] = t.reshape(b, -1)
+        x[:, t[0].size:] = tn
+        return x
+
+    def loads_batch(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
+                    combine: bool, x: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For a batch of micro-batches (leading axis): (link ids, bytes on each link per byte of
+        the coflow (batch x links), longest route latency (batch,), total tokens moved (batch,)).
+        ``x``: :meth:`inputs` of the same tokens, when already built."""
+        if x is None:
+            x = self.inputs(tokens_src_dst, tokens_src_node)
+        used, K, lat, weight = self._tables[combine]
+        load = np.asarray(K @ x.T).T  # (batch, used links), in tokens
+        total = x @ weight
+        latency = np.max(np.where(x > 0, lat[None, :], 0.0), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            load /= np.where(total > 0, total, np.inf)[:, None]
+        return used, load, latency, total
+
+    def loads(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
+              bytes_per_token: float, combine: bool) -> tuple[np.ndarray, float, float]:
+        """(bytes per link (all links), longest route latency, total bytes) of one dispatch."""
+        used, frac, latency, total = self.loads_batch(tokens_src_dst, tokens_src_node, combine)
+        out = np.zeros(self.num_links)
+        out[used] = frac[0] * total[0] * bytes_per_token
+        return out, float(latency[0]), float(total[0] * bytes_per_token)
+
+
+class CoflowNetwork:
+    """All in-flight collective stages as coflows, max-min fair on the links (module doc)."""
+
+    def __init__(self, env: simpy.Environment, topology=None,
+                 params: NetworkParams = DEFAULT_NETWORK_PARAMS, *,
+                 fabric: CoflowFabric | None = None) -> None:
+        if fabric is None:
+            fabric = CoflowFabric(topology, params)
+        self.env = env
+        self.fabric = fabric
+        self.topology = fabric.topology
+        self.params = fabric.params
+        self.capacity_bytes_per_s = fabric.capacity_bytes_per_s
+        self._thr = fabric.hot_threshold
+        n_links = len(self.capacity_bytes_per_s)
+        self._pot = np.zeros(n_links)  # potential load: sum over coflows of a_cl * rate alone
+        self._ncross = np.zeros(n_links, np.int64)  # coflows crossing each link
+        self._slots = 0
+        self._grow(16)
+        self._free: list[int] = []
+        self._n_active = 0
+        self._seq = 0
+        self._comp: dict[int, set] = {}  # component id -> slots
+        self._comp_id = 0
+        self._timer_at = np.inf
+        self._timer_gen = 0
+        self.n_solves = 0
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    # ------------------------------------------------------------------ waist
+    def replica_engine(self, base_engine, name, multiplicity):
+        return self.fabric.replica_engine(base_engine, name, multiplicity)
+
+    def transfer(self, collective: Collective) -> simpy.Event:
+        done = self.env.event()
+        self._stage(self.fabric.plan(collective), 0, self.env.now, done)
+        return done
+
+    def _stage(self, plans: list[StagePlan], i: int, start: float, done: simpy.Event) -> None:
+        if i == len(plans):
+            done.succeed(self.env.now - start)
+            return
+        p = plans[i]
+
+        def drained():
+            if p.latency_s > 0:
+                self.env.timeout(p.latency_s).callbacks.append(
+                    lambda _e: self._stage(plans, i + 1, start, done))
+            else:
+                self._stage(plans, i + 1, start, done)
+
+        if p.row is None or p.total_bytes <= 0:
+            drained()
+        else:
+            self._add(p.row, p.total_bytes, drained)
+            self._schedule()
+
+    # ------------------------------------------------------------------ state
+    def _grow(self, n: int) -> None:
+        old = self._slots
+        n_links = len(self.capacity_bytes_per_s)
+        A = np.zeros((n, n_links))
+        if old:
+            A[:old] = self._A
+        self._A = A  # A[j, l]: bytes on link l per byte of coflow j
+        for name, fill, dtype in (("_rem", 0.0, float), ("_tref", 0.0, float), ("_rate", 0.0, float),
+                                  ("_fin", np.inf, float), ("_size", 0.0, float),
+                                  ("_active", False, bool), ("_order", 0, np.int64),
+                                  ("_label", -1, np.int64)):
+            arr = np.full(n, fill, dtype=dtype)
+            if old:
+                arr[:old] = getattr(self, name)
+            setattr(self, name, arr)
+        self._rows = (self._rows if old else []) + [None] * (n - old)
+        self._cbs = (self._cbs if old else []) + [None] * (n - old)
+        self._free = list(range(n - 1, old - 1, -1)) + (self._free if old else [])
+        self._slots = n
+
+    def _hot_cols(self, j: int) -> np.ndarray:
+        cols = self._rows[j].cols
+        return cols[self._pot[cols] >= self._thr[cols]]
+
+    def _add(self, row: CoflowRow, total_bytes: float, callback) -> None:
+        if not self._free:
+            self._grow(2 * self._slots)
+        j = self._free.pop()
+        now = self.env.now
+        self._rows[j], self._cbs[j] = row, callback
+        self._A[j, row.cols] = row.vals
+        self._pot[row.cols] += row.vals * row.rate_alone_bytes_per_s
+        self._ncross[row.cols] += 1
+        self._active[j] = True
+        self._order[j] = self._seq
+        self._seq += 1
+        self._rem[j], self._size[j], self._tref[j] = total_bytes, total_bytes, now
+        self._n_active += 1
+        hot = self._hot_cols(j)
+        if len(hot) and (self._ncross[hot] == 1).all():
+            # Alone on every link that can bind: its rate alone, nobody else affected.
+            r = row.rate_alone_bytes_per_s
+            self._rate[j], self._fin[j], self._label[j] = r, now + total_bytes / r, -1
+            return
+        self._rate[j], self._fin[j] = 0.0, np.inf
+        self._resolve([j])
+
+    def _remove(self, slots: list[int]) -> list[int]:
+        """Drop finished coflows; returns the other members of their components (to re-solve)."""
+        affected: set = set()
+        for j in slots:
+            row = self._rows[j]
+            self._A[j, row.cols] = 0.0
+            self._pot[row.cols] -= row.vals * row.rate_alone_bytes_per_s
+            self._ncross[row.cols] -= 1
+            lab = int(self._label[j])
+            if lab >= 0:
+                members = self._comp.pop(lab, None)
+                if members:
+                    affected |= members
+            self._active[j] = False
+            self._rows[j] = None
+            self._cbs[j] = None
+            self._fin[j] = np.inf
+            self._rate[j] = 0.0
+            self._label[j] = -1
+            self._free.append(j)
+            self._n_active -= 1
+        affected -= set(slots)
+        return sorted(affected)
+
+    def _component(self, seed: int, allowed: np.ndarray | None) -> tuple[list[int], np.ndarray]:
+        """Slots connected to ``seed`` through shared hot links, and those links."""
+        members = [seed]
+        seen = {seed}
+        links: list[np.ndarray] = []
+        frontier = [seed]
+        A = self._A
+        while frontier:
+            hot = np.unique(np.concatenate([self._hot_cols(j) for j in frontier]))
+            if links:
+                hot = hot[~np.isin(hot, np.concatenate(links))]
+            frontier = []
+            if not len(hot):
+                break
+            links.append(hot)
+            cross = self._ncross[hot] > 1
+            if not cross.any():
+                continue
+            sub = A[:, hot[cross]]
+            cand = np.flatnonzero((sub > 0).any(axis=1))
+            for j in cand.tolist():
+                if j not in seen and (allowed is None or allowed[j]):
+                    seen.add(j)
+                    members.append(j)
+                    frontier.append(j)
+        return members, (np.unique(np.concatenate(links)) if links else np.zeros(0, np.int64))
+
+    def _resolve(self, seeds: list[int]) -> None:
+        """Re-solve the components holding ``seeds`` (active slots)."""
+        done: set = set()
+        for s in seeds:
+            if s in done or not self._active[s]:
+                continue
+            members, links = self._component(s, None)
+            done.update(members)
+            for j in members:  # merged components dissolve into this one
+                lab = int(self._label[j])
+                if lab >= 0:
+                    self._comp.pop(lab, None)
+            if len(members) == 1:
+                self._label[s] = -1
+                row = self._rows[s]
+                self._set_rates(np.array([s]), np.array([row.rate_alone_bytes_per_s]))
+                continue
+            m = np.asarray(members)
+            rates = _progressive_filling(self._A[np.ix_(m, links)], self.capacity_bytes_per_s[links])
+            self.n_solves += 1
+            self._comp_id += 1
+            self._comp[self._comp_id] = set(members)
+            self._label[m] = self._comp_id
+            self._set_rates(m, rates)
+
+    def _set_rates(self, m: np.ndarray, rates: np.ndarray) -> None:
+        now = self.env.now
+        self._rem[m] -= self._rate[m] * (now - self._tref[m])
+        self._tref[m] = now
+        self._rate[m] = rates
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._fin[m] = np.where(rates > 0, now + np.maximum(self._rem[m], 0.0) / rates, np.inf)
+
+    # ------------------------------------------------------------------ clock
+    def _schedule(self) -> None:
+        t = float(self._fin.min()) if self._n_active else np.inf
+        if t == self._timer_at or not np.isfinite(t):
+            if not np.isfinite(t):
+                self._timer_at = np.inf
+            return
+        self._timer_at = t
+        self._timer_gen += 1
+        gen = self._timer_gen
+        self.env.timeout(max(t - self.env.now, 0.0)).callbacks.append(lambda _e: self._tick(gen))
+
+    def _tick(self, gen: int) -> None:
+        if gen != self._timer_gen:
+            return  # superseded by a later schedule
+        self._timer_at = np.inf
+        now = self.env.now
+        act = self._active
+        rem = self._rem - self._rate * (now - self._tref)
+        fin = act & ((rem <= DONE_RTOL * self._size) | np.isinf(self._rate) | (self._fin <= now))
+        finished = np.flatnonzero(fin)
+        if len(finished):
+            finished = finished[np.argsort(self._order[finished])]
+            cbs = [self._cbs[j] for j in finished]
+            affected = self._remove(finished.tolist())
+            if affected:
+                self._resolve_split(affected)
+            for cb in cbs:
+                cb()
+        self._schedule()
+
+    def _resolve_split(self, affected: list[int]) -> None:
+        """Components that lost members may split: re-solve each piece of what is left."""
+        allowed = np.zeros(self._slots, bool)
+        allowed[affected] = True
+        for s in affected:
+            if not allowed[s]:
+                continue
+            members, links = self._component(s, allowed)
+            allowed[members] = False
+            if len(members) == 1:
+                self._label[s] = -1
+                self._set_rates(np.array([s]), np.array([self._rows[s].rate_alone_bytes_per_s]))
+                continue
+            m = np.asarray(members)
+            rates = _progressive_filling(self._A[np.ix_(m, links)], self.capacity_bytes_per_s[links])
+            self.n_solves += 1
+            self._comp_id += 1
+            self._comp[self._comp_id] = set(members)
+            self._label[m] = self._comp_id
+            self._set_rates(m, rates)
+
+
+def _progressive_filling(A: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Max-min fair rates of the rows of A (row i puts A[i, l] on link l per unit of its rate)
+    under capacities ``cap``; every row crosses at least one link."""
+    n = A.shape[0]
+    rate = np.zeros(n)
+    free = np.ones(n, bool)
+    load = np.zeros(A.shape[1])
+    used = A > 0
+    while free.any():
+        demand = A[free].sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.where(demand > 0, (cap - load) / demand, np.inf)
+        lvl = float(level.min())
+        if not np.isfinite(lvl):
+            rate[free] = np.inf
+            break
+        tight = level <= lvl * (1 + TIE_RTOL)
+        frozen = free & used[:, tight].any(axis=1)
+        rate[frozen] = max(lvl, 0.0)
+        load += A[frozen].T @ rate[frozen]
+        free &= ~frozen
+    return rate
+
+
+class ReplicaSimNetwork(SimNetwork):
+    """SimNetwork (per-flow max-min) whose collectives may carry per-link replica multiplicities."""
+
+    def __init__(self, env: simpy.Environment, topology, params: NetworkParams = DEFAULT_NETWORK_PARAMS,
+                 **kwargs) -> None:
+        super().__init__(env, topology, params, **kwargs)
+        self._replica_scales: dict[str, np.ndarray] = {}
+
+    def replica_engine(self, base_engine: str | None, name: str, multiplicity: np.ndarray | None
+                       ) -> str | None:
+        if multiplicity is None:
+            return base_engine
+        key = f"{base_engine or 'nccl'}|{name}"
+        if key not in self._replica_scales:
+            scale = np.asarray(multiplicity, dtype=np.float64)
+            if base_engine is not None:
+                # The transport engine's own per-link-class factor (SimNetwork's rule).
+                scale = scale * (link_efficiency(self.topology, self.params)
+                                 / link_efficiency(self.topology, self.params, base_engine))
+            self._replica_scales[key] = scale
+        return key
+
+    def _engine_scale(self, engine):
+        if engine is not None and engine in self._replica_scales:
+            return self._replica_scales[engine]
+        return super()._engine_scale(engine)
+
+
+class AnalyticalSimNetwork:
+    """Analytical backend for the engine: a collective takes its isolated formula time."""
+
+    def __init__(self, env: simpy.Environment, topology, params: NetworkParams = DEFAULT_NETWORK_PARAMS
+                 ) -> None:
+        self.env = env
+        self.backend = AnalyticalBackend(topology, params)
+        self._cache: dict = {}
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def replica_engine(self, base_engine, name, multiplicity):
+        return base_engine  # no fabric contention to scale
+
+    def duration_s(self, collective: Collective) -> float:
+        key = collective.meta.get("cache_key")
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        t = self.backend.collective_time_s(collective).time_s
+        if key is not None:
+            self._cache[key] = t
+        return t
+
+    def transfer(self, collective: Collective) -> simpy.Event:
+        return self.env.timeout(self.duration_s(collective), value=None)
