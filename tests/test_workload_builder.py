@@ -209,3 +209,22 @@ def test_rank_step_ops_cover_every_chunk():
 def test_bad_virtual_stage_is_an_input_error():
     with pytest.raises(InputError, match="virtual_stage"):
         build_stage_program(scenario(par=dict(pp=2, dp=1)), 2)
+
+
+def test_zero3_gathers_are_prefetched_one_block_ahead():
+    """A rank issues ops in program order, so each block's ZeRO-3 gather must be listed before the
+    previous block's compute (FSDP prefetch) for it to overlap that compute; the block's first op
+    still waits for its own gather."""
+    prog = build_stage_program(scenario(par=dict(tp=1, ep=2, dp=4), zero_stage=3), 0)
+    for ops, order in ((prog.forward, range(4)), (prog.backward, range(3, -1, -1))):
+        check_dependencies(ops)
+        names = [op.name for op in ops]
+        pos = {n: i for i, n in enumerate(names)}
+        order = list(order)
+        for prev, nxt in zip(order, order[1:]):
+            first_of_prev = min(i for i, op in enumerate(ops)
+                                if op.name.startswith(f"L{prev}.") and "zero" not in op.name)
+            gathers = [n for n in names if n.startswith(f"L{nxt}.zero3_ag")]
+            assert gathers and all(pos[g] < first_of_prev for g in gathers), (prev, nxt)
+            first_of_next = next(op for op in ops if op.name.startswith(f"L{nxt}.") and "zero" not in op.name)
+            assert gathers[-1] in first_of_next.after

@@ -595,35 +595,12 @@ def build_stage_program(scenario: Any, virtual_stage: int) -> StageProgram:
         segments.append(("head", "head"))
 
     fwd = _Seq("fwd")
-    chain = _zero_gathers(c, fwd, "stage", extras, 0, None)
-    pending: tuple[str, ...] = (chain,) if chain else ()  # gathers the next segment must wait for
-    for kind, key in segments:
-        if kind == "block":
-            lp = block_local_params(scenario, key)
-            g = _zero_gathers(c, fwd, f"L{key}", lp.dense, lp.experts, chain)
-            if g != chain:
-                pending, chain = pending + (g,), g
-            _joined(fwd, pending, lambda: _block_fwd(c, fwd, key))
-        else:
-            _joined(fwd, pending, lambda: _segment(c, fwd, kind, key, backward=False))
-        pending = ()
+    _emit_segments(c, scenario, fwd, segments, extras, backward=False)
     if virtual_stage < last_stage:
         fwd.coll("p2p.fwd", "pp", "p2p_send", size_bytes=c.Tsp * c.d * BF16)
 
     bwd = _Seq("bwd")
-    chain = _zero_gathers(c, bwd, "stage", extras, 0, None)
-    pending = (chain,) if chain else ()
-    for kind, key in reversed(segments):
-        if kind == "block":
-            lp = block_local_params(scenario, key)
-            g = _zero_gathers(c, bwd, f"L{key}", lp.dense, lp.experts, chain)
-            if g != chain:
-                pending, chain = pending + (g,), g
-            _joined(bwd, pending, lambda: (_append(bwd, _recompute_ops(c, key)), _block_bwd(c, bwd, key)))
-            _zero_grad_rs(c, bwd, f"L{key}", lp.dense, lp.experts)
-        else:
-            _joined(bwd, pending, lambda: _segment(c, bwd, kind, key, backward=True))
-        pending = ()
+    _emit_segments(c, scenario, bwd, list(reversed(segments)), extras, backward=True)
     _zero_grad_rs(c, bwd, "stage", extras, 0)
     if virtual_stage > 0:
         bwd.coll("p2p.bwd", "pp", "p2p_send", size_bytes=c.Tsp * c.d * BF16)
@@ -631,6 +608,47 @@ def build_stage_program(scenario: Any, virtual_stage: int) -> StageProgram:
     return StageProgram(virtual_stage=virtual_stage, blocks=blocks, tokens=c.T,
                         moe_tokens=c.Tm if m.moe is not None else 0,
                         forward=tuple(fwd.ops), backward=tuple(bwd.ops))
+
+
+def _emit_segments(c: _Ctx, scenario: Any, q: _Seq, ordered: list[tuple[str, Any]], extras: int,
+                   backward: bool) -> None:
+    """Emit ``ordered`` segments (forward order, or reversed for the backward) with their ZeRO-3
+    parameter all-gathers. Each block's gather is issued one block ahead, before the ops of the
+    segment that precedes it, so it overlaps that segment's compute: FSDP implementations
+    prefetch the next unit's parameters while the current one computes (PyTorch FSDP
+    forward_prefetch / BACKWARD_PRE, Megatron-FSDP's bucket prefetch). A rank issues its ops in
+    program order, so a gather listed right before its own block could only start once the
+    previous block had finished: fully exposed."""
+    chain = _zero_gathers(c, q, "stage", extras, 0, None)
+    first_waits: tuple[str, ...] = (chain,) if chain else ()
+    blocks = [i for i, (kind, _) in enumerate(ordered) if kind == "block"]
+    gate: dict[int, str] = {}  # segment index -> the gather its first op waits for
+    issued = 0  # gathers issued so far, in block order
+
+    def issue_through(limit: int) -> None:
+        nonlocal chain, issued
+        while issued < len(blocks) and blocks[issued] <= limit:
+            i = blocks[issued]
+            lp = block_local_params(scenario, ordered[i][1])
+            g = _zero_gathers(c, q, f"L{ordered[i][1]}", lp.dense, lp.experts, chain)
+            if g != chain:
+                gate[i], chain = g, g
+            issued += 1
+
+    for i, (kind, key) in enumerate(ordered):
+        # This segment's own gather, then the next block's (the prefetch).
+        later = [b for b in blocks if b > i]
+        issue_through(later[0] if later else i)
+        waits = (first_waits if i == 0 else ()) + ((gate[i],) if i in gate else ())
+        if kind == "block":
+            if backward:
+                _joined(q, waits, lambda: (_append(q, _recompute_ops(c, key)), _block_bwd(c, q, key)))
+                lp = block_local_params(scenario, key)
+                _zero_grad_rs(c, q, f"L{key}", lp.dense, lp.experts)
+            else:
+                _joined(q, waits, lambda: _block_fwd(c, q, key))
+        else:
+            _joined(q, waits, lambda: _segment(c, q, kind, key, backward=backward))
 
 
 def _segment(c: _Ctx, q: _Seq, kind: str, key: Any, backward: bool) -> None:
