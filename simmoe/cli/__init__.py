@@ -33,9 +33,9 @@ def version() -> None:
 
 def _register_all() -> None:
     # Imported here so `simmoe --help` stays fast and each module stays independent.
-    from simmoe.cli import calibrate, check, collective, forecast, plot, run, study, sweep, topo, validate
+    from simmoe.cli import calibrate, check, claims, collective, forecast, plot, run, study, sweep, topo, validate
 
-    for module in (check, topo, collective, calibrate, run, sweep, forecast, validate, study, plot):
+    for module in (check, topo, collective, calibrate, run, sweep, forecast, validate, study, plot, claims):
         module.register(app)
 
 
