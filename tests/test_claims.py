@@ -122,15 +122,15 @@ def test_claim7_uses_simmoe_routing_capacity():
 
 def test_claim8_two_level_moves_fewer_bytes():
     from simmoe.claims.c08_hierarchical import layer_comm_s
-    from simmoe.network import collectives as C
+    from simmoe import dispatch as D
     from simmoe.paths import resolve_topology
     from simmoe.topology.loader import load_topology
 
     topo = load_topology(resolve_topology("h800-deepseek"), nodes=2)
     rng = np.random.default_rng(0)
     kw = dict(topology=topo, experts=32, hidden=1024, fp8_bytes_per_element=1.03125, backend="analytical")
-    flat = np.stack([C.grouped_topk_experts(rng, 256, 32, 4, groups=2, top_k_groups=2) for _ in range(16)])
-    one = np.stack([C.grouped_topk_experts(rng, 256, 32, 4, groups=2, top_k_groups=1) for _ in range(16)])
+    flat = np.stack([D.grouped_topk_experts(rng, 256, 32, 4, groups=2, top_k_groups=2) for _ in range(16)])
+    one = np.stack([D.grouped_topk_experts(rng, 256, 32, 4, groups=2, top_k_groups=1) for _ in range(16)])
     assert layer_comm_s(one, hierarchical=True, **kw) < layer_comm_s(flat, hierarchical=False, **kw)
 
 

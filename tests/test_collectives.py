@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from simmoe.cli.collective import parse_size_bytes
 from simmoe.errors import InputError
 from simmoe.network import collectives as C
+from simmoe import dispatch as D
 from simmoe.network.backends import AnalyticalBackend, FlowBackend
 from simmoe.network.params import NetworkParams
 
@@ -148,7 +149,7 @@ def test_p2p_default_pairs_cross_to_the_same_local_rank():
 
 def test_grouped_topk_stays_inside_the_chosen_groups():
     rng = np.random.default_rng(1)
-    topk = C.grouped_topk_experts(rng, 2000, 256, 8, groups=8, top_k_groups=4)
+    topk = D.grouped_topk_experts(rng, 2000, 256, 8, groups=8, top_k_groups=4)
     groups_used = (topk // 32)
     per_token = np.array([len(np.unique(row)) for row in groups_used])
     assert per_token.max() <= 4
@@ -159,14 +160,14 @@ def test_moe_dispatch_dedups_per_node_and_per_rank():
     # Two nodes of two ranks, two experts per rank; token 0 of rank 0 picks experts 0,1 (rank
     # 0) and 4,6 (ranks 2 and 3 of node 1): one RDMA copy to node 1, then NVLink to rank 3.
     topk = np.array([[[0, 1, 4, 6]], [[0, 2, 3, 1]], [[0, 1, 2, 3]], [[4, 5, 6, 7]]])
-    coll = C.moe_dispatch(range(4), topk, experts=8, bytes_per_token=10.0,
+    coll = D.moe_dispatch(range(4), topk, experts=8, bytes_per_token=10.0,
                           server_of_gpu=np.array([0, 0, 1, 1]), engine=None)
     flows = coll.stages[0].flows
     pairs = {(int(s), int(d)): b for s, d, b in zip(flows.src, flows.dst, flows.size_bytes)}
     assert pairs[(0, 2)] == 10.0  # rank 0 -> node 1 via the same local rank, once
     assert pairs[(2, 3)] == 10.0  # relay 2 forwards rank 0's token to rank 3
     # DeepEP counts (token, destination node) with the own node included.
-    np.testing.assert_allclose(C.deepep_bytes_per_rank(coll), [20.0, 10.0, 10.0, 10.0])
+    np.testing.assert_allclose(D.deepep_bytes_per_rank(coll), [20.0, 10.0, 10.0, 10.0])
 
 
 def test_unknown_op_names_the_option():

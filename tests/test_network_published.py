@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 from simmoe.network import collectives as C
+
+from simmoe import dispatch as D
 from simmoe.network.backends import AnalyticalBackend, FlowBackend
 from simmoe.paths import TOPOLOGY_DIR
 from simmoe.topology.loader import load_topology
@@ -69,17 +71,17 @@ def deepep_case(ep: int, seed: int = 0) -> tuple[float, float]:
     nodes = ep // 8
     topo = _topology("h800-deepseek", nodes)
     rng = np.random.default_rng(seed)
-    topk = np.stack([C.grouped_topk_experts(rng, DEEPEP_TOKENS_PER_RANK, DEEPEP_EXPERTS,
+    topk = np.stack([D.grouped_topk_experts(rng, DEEPEP_TOKENS_PER_RANK, DEEPEP_EXPERTS,
                                             DEEPEP_TOP_K, groups=nodes,
                                             top_k_groups=min(nodes, 4)) for _ in range(ep)])
     out = []
     for combine, bytes_per_element in ((False, C.FP8_BYTES_PER_ELEMENT),
                                        (True, C.BF16_BYTES_PER_ELEMENT)):
-        coll = C.moe_dispatch(range(ep), topk, experts=DEEPEP_EXPERTS,
+        coll = D.moe_dispatch(range(ep), topk, experts=DEEPEP_EXPERTS,
                               bytes_per_token=DEEPEP_HIDDEN * bytes_per_element,
                               server_of_gpu=topo.server_of_gpu, combine=combine)
         time_s = FlowBackend(topo).collective_time_s(coll).time_s
-        out.append(float(C.deepep_bytes_per_rank(coll).mean() / time_s / 1e9))
+        out.append(float(D.deepep_bytes_per_rank(coll).mean() / time_s / 1e9))
     return out[0], out[1]
 
 

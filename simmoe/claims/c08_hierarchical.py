@@ -14,14 +14,14 @@ def layer_comm_s(topk: np.ndarray, *, topology, experts: int, hidden: int, fp8_b
                  hierarchical: bool, backend: str = "flow") -> float:
     """Dispatch (FP8) + combine (BF16) of one layer's token routes on a network backend
     (``flow``: max-min fluid simulation; ``analytical``: busiest-port formula, docs/network.md)."""
-    from simmoe.network import collectives as C
+    from simmoe import dispatch as D
     from simmoe.network.backends import make_backend
 
     ep = topk.shape[0]
     backend = make_backend(backend, topology)
     total = 0.0
     for combine, bpe in ((False, fp8_bytes_per_element), (True, 2.0)):
-        coll = C.moe_dispatch(range(ep), topk, experts=experts, bytes_per_token=hidden * bpe,
+        coll = D.moe_dispatch(range(ep), topk, experts=experts, bytes_per_token=hidden * bpe,
                               server_of_gpu=topology.server_of_gpu, hierarchical=hierarchical, combine=combine,
                               engine="deepep" if hierarchical else None)
         total += backend.collective_time_s(coll).time_s
@@ -29,7 +29,7 @@ def layer_comm_s(topk: np.ndarray, *, topology, experts: int, hidden: int, fp8_b
 
 
 def check(ctx: Context) -> ClaimResult:
-    from simmoe.network import collectives as C
+    from simmoe import dispatch as D
     from simmoe.paths import resolve_topology
     from simmoe.topology.loader import load_topology
 
@@ -46,7 +46,7 @@ def check(ctx: Context) -> ClaimResult:
         m = v["max_nodes"]
         if m not in routes:
             rng = np.random.default_rng(0)
-            routes[m] = np.stack([C.grouped_topk_experts(rng, tokens, inp["experts"], inp["top_k"], groups=nodes,
+            routes[m] = np.stack([D.grouped_topk_experts(rng, tokens, inp["experts"], inp["top_k"], groups=nodes,
                                                          top_k_groups=m) for _ in range(ep)])
         t = layer_comm_s(routes[m], topology=topo, experts=inp["experts"], hidden=inp["hidden"],
                          fp8_bytes_per_element=inp["fp8_bytes_per_element"], hierarchical=v["hierarchical"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simmoe.network.coflow import MoeLinkLoads, _local_ranks  # noqa: F401  (MoeLinkLoads moved there)
+from simmoe.network.coflow import _local_ranks
 from simmoe.network.collectives import bus_factor
 from simmoe.network.flows import Collective, FlowSet, Stage
 

@@ -49,7 +49,7 @@ def bus_factor(op: str, n: int) -> float:
     return 1.0
 
 
-def _gpu_array(gpus: Sequence[int], *, field: str = "gpus") -> np.ndarray:
+def as_gpu_ids(gpus: Sequence[int], *, field: str = "gpus") -> np.ndarray:
     arr = np.asarray(gpus, dtype=np.int64).reshape(-1)
     if len(arr) == 0:
         raise InputError("a collective needs at least one GPU", field=field, value=list(arr))
@@ -67,7 +67,7 @@ def _check_size(size_bytes: float, *, field: str = "size_bytes") -> float:
     return size
 
 
-def _local_ranks(gpus: np.ndarray, server_of_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def node_and_local_rank(gpus: np.ndarray, server_of_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(node index within the group, local rank within that node) of each group member.
 
     Nodes are numbered in order of first appearance; local rank is the order inside the node.
@@ -92,7 +92,7 @@ def alltoallv(gpus: Sequence[int], bytes_matrix: np.ndarray, *, op: str = "allto
     NCCL's ``size_bytes`` is the mean per-rank send total (self included, as nccl-tests counts
     its send buffer), so a uniform matrix gives exactly nccl-tests' alltoall.
     """
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     m = np.asarray(bytes_matrix, dtype=np.float64)
     n = len(g)
     if m.shape != (n, n):
@@ -111,7 +111,7 @@ def alltoallv(gpus: Sequence[int], bytes_matrix: np.ndarray, *, op: str = "allto
 
 def alltoall(gpus: Sequence[int], size_bytes: float) -> Collective:
     """nccl-tests alltoall: each rank sends size_bytes / n to every rank (itself included)."""
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     size = _check_size(size_bytes)
     n = len(g)
     return alltoallv(g, np.full((n, n), size / n), op="alltoall")
@@ -120,7 +120,7 @@ def alltoall(gpus: Sequence[int], size_bytes: float) -> Collective:
 def _hierarchical_flows(gpus: np.ndarray, m: np.ndarray, server_of_gpu: np.ndarray,
                         ) -> tuple[FlowSet, FlowSet]:
     """RDMA leg and NVLink leg of a hierarchical all-to-all without per-token dedup."""
-    node, local = _local_ranks(gpus, server_of_gpu)
+    node, local = node_and_local_rank(gpus, server_of_gpu)
     n_nodes = int(node.max()) + 1
     # Receiving GPU in node b for a sender with local rank l: same local rank, or l mod size
     # when node b has fewer group members (an uneven group).
@@ -156,7 +156,7 @@ def hierarchical_alltoall(gpus: Sequence[int], size_bytes: float | None = None, 
     ``pipelined`` both legs run as one stage (chunked forwarding overlaps them, as DeepEP's
     normal kernels do); otherwise the NVLink leg starts when the RDMA leg has finished.
     """
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     n = len(g)
     if bytes_matrix is None:
         if size_bytes is None:
@@ -188,10 +188,10 @@ def ring_channels(gpus: Sequence[int], server_of_gpu: np.ndarray | None = None,
     reverse through odd ones, so each inter-node hop joins the same local rank on both sides and
     each NIC carries one channel each way (an odd node count leaves one cross-rail hop).
     """
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     if server_of_gpu is None:
         return [g]
-    node, local = _local_ranks(g, np.asarray(server_of_gpu))
+    node, local = node_and_local_rank(g, np.asarray(server_of_gpu))
     n_nodes = int(node.max()) + 1
     sizes = np.bincount(node, minlength=n_nodes)
     if n_nodes == 1 or np.any(sizes != sizes[0]):
@@ -210,7 +210,7 @@ def ring_channels(gpus: Sequence[int], server_of_gpu: np.ndarray | None = None,
 
 def _ring_collective(op: str, gpus: Sequence[int], size_bytes: float, bytes_factor: float,
                      steps: int, server_of_gpu: np.ndarray | None) -> Collective:
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     size = _check_size(size_bytes)
     n = len(g)
     rings = ring_channels(g, server_of_gpu)
@@ -225,7 +225,7 @@ def _ring_collective(op: str, gpus: Sequence[int], size_bytes: float, bytes_fact
 def allreduce(gpus: Sequence[int], size_bytes: float, *,
               server_of_gpu: np.ndarray | None = None) -> Collective:
     """Ring all-reduce: reduce-scatter then all-gather, 2(n-1)/n * S per rank, 2(n-1) steps."""
-    n = len(_gpu_array(gpus))
+    n = len(as_gpu_ids(gpus))
     return _ring_collective("allreduce", gpus, size_bytes, 2.0 * (n - 1) / n, 2 * (n - 1),
                             server_of_gpu)
 
@@ -233,7 +233,7 @@ def allreduce(gpus: Sequence[int], size_bytes: float, *,
 def reduce_scatter(gpus: Sequence[int], size_bytes: float, *,
                    server_of_gpu: np.ndarray | None = None) -> Collective:
     """Ring reduce-scatter over a size_bytes input: (n-1)/n * S per rank, n-1 steps."""
-    n = len(_gpu_array(gpus))
+    n = len(as_gpu_ids(gpus))
     return _ring_collective("reduce_scatter", gpus, size_bytes, (n - 1) / n, n - 1,
                             server_of_gpu)
 
@@ -241,7 +241,7 @@ def reduce_scatter(gpus: Sequence[int], size_bytes: float, *,
 def all_gather(gpus: Sequence[int], size_bytes: float, *,
                server_of_gpu: np.ndarray | None = None) -> Collective:
     """Ring all-gather into a size_bytes output: (n-1)/n * S per rank, n-1 steps."""
-    n = len(_gpu_array(gpus))
+    n = len(as_gpu_ids(gpus))
     return _ring_collective("all_gather", gpus, size_bytes, (n - 1) / n, n - 1, server_of_gpu)
 
 
@@ -253,7 +253,7 @@ def p2p(gpus: Sequence[int], size_bytes: float, *,
     sends to the same local rank in the other node, so each NIC carries one flow each way.
     ``pairs`` are (source, destination) global GPU ids.
     """
-    g = _gpu_array(gpus)
+    g = as_gpu_ids(gpus)
     size = _check_size(size_bytes)
     n = len(g)
     if pairs is None:
@@ -292,131 +292,3 @@ def build(op: str, gpus: Sequence[int], size_bytes: float, *,
     if op == "p2p":
         return p2p(gpus, size_bytes)
     raise InputError("unknown collective", field="op", value=op, allowed=", ".join(OPS))
-
-
-# --------------------------------------------------------------------------------------------
-# MoE dispatch and combine (token level, with DeepEP's per-node and per-rank dedup)
-
-
-def grouped_topk_experts(rng: np.random.Generator, tokens: int, experts: int, top_k: int,
-                         groups: int, top_k_groups: int) -> np.ndarray:
-    """Group-limited top-k routing of random tokens, as DeepEP's tests draw it.
-
-    Scores |N(0,1)| + 1 per (token, expert); a group's score is its best expert; each token
-    keeps its top_k_groups groups and picks its top_k experts inside them. Returns
-    (tokens, top_k) expert ids. With groups = nodes this is node-limited routing.
-    """
-    if experts % groups:
-        raise InputError("experts must divide evenly into groups", field="groups", value=groups,
-                         allowed=f"a divisor of experts={experts}")
-    if not 1 <= top_k_groups <= groups:
-        raise InputError("top_k_groups must be between 1 and groups", field="top_k_groups",
-                         value=top_k_groups, allowed=f"1..{groups}")
-    if not 1 <= top_k <= experts * top_k_groups // groups:
-        raise InputError("top_k exceeds the experts inside the chosen groups", field="top_k",
-                         value=top_k, allowed=f"1..{experts * top_k_groups // groups}")
-    scores = np.abs(rng.standard_normal((tokens, experts), dtype=np.float32)) + 1.0
-    group_best = scores.reshape(tokens, groups, -1).max(axis=2)
-    chosen = np.argpartition(-group_best, top_k_groups - 1, axis=1)[:, :top_k_groups]
-    keep = np.zeros((tokens, groups), dtype=bool)
-    np.put_along_axis(keep, chosen, True, axis=1)
-    masked = np.where(np.repeat(keep, experts // groups, axis=1), scores, -np.inf)
-    return np.argpartition(-masked, top_k - 1, axis=1)[:, :top_k].astype(np.int64)
-
-
-def moe_token_destinations(topk_experts: np.ndarray, experts_per_rank: int,
-                           num_ranks: int) -> np.ndarray:
-    """(ranks, tokens, ranks) bool: does token t of rank s go to rank r (once per rank)."""
-    topk = np.asarray(topk_experts, dtype=np.int64)
-    if topk.ndim != 3:
-        raise InputError("top-k expert ids must be (ranks, tokens, top_k)",
-                         field="topk_experts", value=topk.shape)
-    ranks, tokens, k = topk.shape
-    dest = np.zeros((ranks, tokens, num_ranks), dtype=bool)
-    s_idx = np.repeat(np.arange(ranks), tokens * k)
-    t_idx = np.tile(np.repeat(np.arange(tokens), k), ranks)
-    dest[s_idx, t_idx, (topk // experts_per_rank).reshape(-1)] = True
-    return dest
-
-
-def moe_dispatch(gpus: Sequence[int], topk_experts: np.ndarray, *, experts: int,
-                 bytes_per_token: float, server_of_gpu: np.ndarray,
-                 hierarchical: bool = True, combine: bool = False, pipelined: bool = True,
-                 engine: str | None = "deepep") -> Collective:
-    """MoE dispatch (or, with ``combine``, its reverse) of real token routes.
-
-    ``topk_experts[s, t]`` are the experts token t of rank s picked; experts are laid out
-    contiguously, experts / n per rank. A token goes once to each destination rank. With
-    ``hierarchical`` (DeepEP normal kernels) it also crosses the fabric once per destination
-    node, to the same local rank there, and is forwarded over NVLink. The legs run as one
-    stage when ``pipelined`` (DeepEP's chunked forwarding overlaps them), else one after the
-    other (the NVLink leg first for a combine). ``engine`` names the transport for NetworkParams' per-engine efficiencies
-    (DeepEP's SM-driven copies by default; None for NCCL). ``meta`` carries DeepEP's benchmark
-    byte counts per rank (see :func:`deepep_bytes_per_rank`).
-    """
-    g = _gpu_array(gpus)
-    n = len(g)
-    if experts % n:
-        raise InputError("experts must divide evenly over the EP ranks", field="experts",
-                         value=experts, allowed=f"a multiple of {n}")
-    dest = moe_token_destinations(topk_experts, experts // n, n)  # (n, T, n)
-    node, local = _local_ranks(g, np.asarray(server_of_gpu))
-    n_nodes = int(node.max()) + 1
-    if hierarchical and n_nodes > 1:
-        node_members = [np.flatnonzero(node == b) for b in range(n_nodes)]
-        if len({len(m) for m in node_members}) != 1:
-            raise InputError("hierarchical dispatch needs the same number of EP ranks per node",
-                             field="gpus", value=np.bincount(node).tolist())
-        per_node = len(node_members[0])
-        order = np.lexsort((local, node))  # rank index laid out as (node, local)
-        dest_nl = dest[:, :, order].reshape(n, -1, n_nodes, per_node)
-        token_nodes = dest_nl.any(axis=3)  # (n, T, nodes)
-        rdma_tokens = token_nodes.sum(axis=1)  # (n, nodes)
-        by_node = np.empty((n_nodes, per_node), dtype=np.int64)
-        by_node[node, local] = np.arange(n)
-        s_idx, b_idx = np.nonzero((rdma_tokens > 0) & (node[:, None] != np.arange(n_nodes)))
-        relay = by_node[b_idx, local[s_idx]]
-        rdma = FlowSet(g[s_idx], g[relay], rdma_tokens[s_idx, b_idx] * bytes_per_token)
-        # NVLink leg: the relay (b, l) forwards, from every sender with local rank l, each token
-        # once to each destination rank in b.
-        per_pair = dest.sum(axis=1).astype(np.float64)  # (src rank, dst rank) tokens
-        relay_of = by_node[node[None, :], local[:, None]]  # relay_of[s, d]: relay in d's node
-        fwd = np.zeros((n, n))
-        np.add.at(fwd, (relay_of.reshape(-1), np.tile(np.arange(n), n)), per_pair.reshape(-1))
-        r_i, d_i = np.nonzero(fwd > 0)
-        nvl = FlowSet(g[r_i], g[d_i], fwd[r_i, d_i] * bytes_per_token).without_empty()
-        legs = [rdma, nvl]
-        logical_rdma_tokens = rdma_tokens.sum(axis=1)  # own node included, as DeepEP counts
-    else:
-        per_pair = dest.sum(axis=1).astype(np.float64)
-        i, j = np.nonzero(per_pair > 0)
-        legs = [FlowSet(g[i], g[j], per_pair[i, j] * bytes_per_token).without_empty()]
-        logical_rdma_tokens = np.zeros(n)
-    if combine:  # the reverse: NVLink reduce towards the relays first, then RDMA home
-        legs = [FlowSet(f.dst, f.src, f.size_bytes) for f in reversed(legs)]
-    stages = (Stage(FlowSet.concat(legs), 1),) if pipelined else \
-        tuple(Stage(f, 1) for f in legs)
-    recv_tokens = dest.sum(axis=(0, 1))  # tokens each rank receives, self included
-    send_tokens = dest.sum(axis=(1, 2))
-    meta = {
-        "rdma_logical_bytes_per_rank": logical_rdma_tokens * bytes_per_token,
-        "nvl_recv_bytes_per_rank": recv_tokens * bytes_per_token,
-        "hierarchical": bool(hierarchical and n_nodes > 1),
-        "engine": engine,
-    }
-    size = float(np.mean(recv_tokens if combine else send_tokens) * bytes_per_token)
-    return Collective(op="moe_combine" if combine else "moe_dispatch",
-                      gpus=tuple(int(x) for x in g), size_bytes=size,
-                      stages=stages, bus_factor=bus_factor("alltoall", n), meta=meta)
-
-
-def deepep_bytes_per_rank(collective: Collective) -> np.ndarray:
-    """The bytes DeepEP's benchmark divides by kernel time, per rank.
-
-    Internode (tests/test_internode.py): tokens x destination nodes, the sender's own node
-    included, x bytes per token ("RDMA" bandwidth). Intranode (tests/test_intranode.py): tokens
-    received, from itself included ("NVL" bandwidth).
-    """
-    if collective.meta.get("hierarchical"):
-        return np.asarray(collective.meta["rdma_logical_bytes_per_rank"], dtype=np.float64)
-    return np.asarray(collective.meta["nvl_recv_bytes_per_rank"], dtype=np.float64)

@@ -80,6 +80,7 @@ def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
     """DeepEP's benchmark: its routing draw, its byte count, simmoe's collective time
     (the same code path as tests/test_network_published.py)."""
     from simmoe.network import collectives as C
+    from simmoe import dispatch as D
     from simmoe.network.backends import FlowBackend
 
     full = _topology(resolve_beside(case, spec.topology), None)
@@ -90,7 +91,7 @@ def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
     nodes = max(1, spec.ep // per_node)
     topo = _topology(resolve_beside(case, spec.topology), nodes)
     rng = np.random.default_rng(spec.seed)
-    topk = np.stack([C.grouped_topk_experts(rng, spec.tokens_per_rank, spec.experts, spec.top_k, groups=nodes,
+    topk = np.stack([D.grouped_topk_experts(rng, spec.tokens_per_rank, spec.experts, spec.top_k, groups=nodes,
                                             top_k_groups=min(nodes, spec.max_top_k_groups))
                      for _ in range(spec.ep)])
     per_element = {"fp8": C.FP8_BYTES_PER_ELEMENT, "bf16": C.BF16_BYTES_PER_ELEMENT}
@@ -98,11 +99,11 @@ def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
     out = {}
     for name, combine, dtype in (("dispatch_GBps", False, spec.dispatch_dtype),
                                  ("combine_GBps", True, spec.combine_dtype)):
-        coll = C.moe_dispatch(range(spec.ep), topk, experts=spec.experts,
+        coll = D.moe_dispatch(range(spec.ep), topk, experts=spec.experts,
                               bytes_per_token=spec.hidden * per_element[dtype],
                               server_of_gpu=topo.server_of_gpu, combine=combine)
         time_s = backend.collective_time_s(coll).time_s
-        out[name] = float(C.deepep_bytes_per_rank(coll).mean() / time_s / 1e9)
+        out[name] = float(D.deepep_bytes_per_rank(coll).mean() / time_s / 1e9)
     return Outcome(out, ["DeepEP's metric: bytes it counts per rank (mean) / simmoe's collective time"])
 
 
