@@ -8,7 +8,7 @@ docs/network.md) and a shipped topology file; nothing is tuned per case. Sources
 - deepseek-ai/DeepEP README (normal kernels, H800 + CX7 400G IB, April 2025): dispatch/combine
   153/158 (EP8, NVLink), 43/43 (EP16), 58/57 (EP32), 51/50 (EP64) GB/s, with DeepEP's metric
   (tests/test_intranode.py and tests/test_internode.py, reproduced by
-  simmoe.network.collectives.deepep_bytes_per_rank).
+  simmoe.dispatch.deepep_bytes_per_rank).
 
 Run ``python tests/test_network_published.py`` to print the comparison table.
 """

@@ -6,7 +6,7 @@ the source sends there times bytes per token.
 Hierarchical (DeepEP normal kernels, DeepSeek-V3 §3.2.2): a token crosses the fabric once per
 destination node, to the GPU with the sender's local rank in that node, and is forwarded over
 NVLink to each destination rank there; both legs run pipelined as one stage (as
-simmoe.network.collectives.moe_dispatch does from per-token routes). Combine reverses every flow.
+simmoe.dispatch.moe_dispatch does from per-token routes). Combine reverses every flow.
 """
 
 from __future__ import annotations
