@@ -1,4 +1,4 @@
-"""Benchmark: max-min solve and fluid completion of a skewed all-to-all-v on a fat-tree.
+"""Benchmark: route build, max-min solve and fluid completion of a skewed all-to-all-v on a fat-tree.
 
 Cluster: DGX H100 servers (8 GPUs, NVLink) on a non-blocking NDR fat-tree of 64-port switches
 (two tiers up to 2048 GPUs, three above), built by simmoe.topology.loader from a generated
@@ -6,15 +6,22 @@ topology file. Traffic: every GPU sends to every other GPU; per-pair bytes = log
 noise x a Zipf(0.8) popularity of the destination (hot experts), scaled to 256 MiB sent per GPU
 on average. Seeded, so runs repeat.
 
-Columns: routes = building the route matrix (topology code, not the solver); merge = merging
-identical link columns (exact, see maxmin.merge_identical_links), done once per traffic matrix
-and block by block so the full ECMP route matrix never needs a second copy; solve = one max-min
-solve of all flows (maxmin_rates on the merged routes); exact / tol = full completion simulation
-(simulate_flows) with merge_rel_tol 0 and 1e-3, with the number of re-solves; dev = largest
-relative difference of a flow's finish time between the two. The exact simulation re-solves once
-per distinct finish time and is skipped above --exact-max-flows (printed as "skip").
+Two paths, same rates:
 
-    .venv/bin/python benchmarks/bench_network_solver.py [--gpus 64 512 2048] [--tol 1e-3]
+- factored (default): ``Topology.route_factors`` (per flow: source access row, leaf pair,
+  destination access row; ECMP fractions per leaf pair with identical fabric columns merged) and
+  the max-min solver working on the factors.
+- csr (``--path csr``, the earlier way): ``Topology.route_matrix`` (every flow's full ECMP row,
+  built block by block), identical link columns merged by fingerprint, then the solver on the CSR.
+
+Columns: routes = building the routes (topology code, first call: includes the topology's ECMP
+tables); setup = preparing the solver (MaxMinProblem: merging identical link columns, transposes);
+solve = one max-min solve of all flows (setup and solve: best of --repeat runs); exact / tol = full completion simulation (FluidNetwork) with merge_rel_tol 0 and 1e-3, with
+the number of re-solves; dev = largest relative difference of a flow's finish time between the
+two. Times are wall seconds, with process (CPU) seconds in brackets: the machine may be shared.
+The exact simulation is skipped above --exact-max-flows (printed as "skip").
+
+    .venv/bin/python benchmarks/bench_network_solver.py [--gpus 64 512 2048 8192] [--path csr]
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from simmoe.network.fluid import FluidNetwork
-from simmoe.network.maxmin import link_signatures, maxmin_rates, merge_identical_links
+from simmoe.network.maxmin import MaxMinProblem, link_signatures, merge_identical_links
 from simmoe.topology.loader import load_topology
 
 TOPOLOGY_YAML = """\
@@ -64,84 +71,108 @@ def alltoallv_sizes(num_gpus: int, rng: np.random.Generator):
     return src, dst, size
 
 
+class Timer:
+    """Wall and process time of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def __str__(self) -> str:
+        return f"{self.wall:.4f} [{self.cpu:.4f}]"
+
+
 def merged_routes(topo, src, dst, cap, rng):
-    """Route matrix with identical link columns merged, built and fingerprinted block by block."""
+    """The csr path: route matrix with identical link columns merged, block by block."""
     blocks, sig = [], np.zeros((topo.num_links, 3))
     per_gpu = max(1, BLOCK_NNZ // 70 // topo.num_gpus)  # ~70 nnz per route at most
-    t_routes = t_merge = 0.0
     for lo in range(0, topo.num_gpus, per_gpu):
         sel = (src >= lo) & (src < lo + per_gpu)
-        t0 = time.perf_counter()
         block = topo.route_matrix(src[sel], dst[sel]).tocsr()
-        t1 = time.perf_counter()
         sig += link_signatures(block, rng.uniform(1.0, 2.0, (block.shape[0], 2)))
-        t_merge += time.perf_counter() - t1
-        t_routes += t1 - t0
         blocks.append(block)
     nnz_full = sum(b.nnz for b in blocks)
-    t0 = time.perf_counter()
     keep, merged_cap = merge_identical_links(sig, cap)
     routes = sp.vstack([b[:, keep] for b in blocks]).tocsr()
-    t_merge += time.perf_counter() - t0
-    return routes, merged_cap, nnz_full, t_routes, t_merge
+    return routes, merged_cap, nnz_full
 
 
 def simulate(routes, size, cap, tol):
-    t0 = time.perf_counter()
     net = FluidNetwork(cap, merge_rel_tol=tol, record_flow_finish=True)
-    net.add(routes, size, 0.0, tag=0)
-    while np.isfinite(net.next_event_s()):
-        net.advance(net.next_event_s())
-    return net.flow_finish_s, time.perf_counter() - t0, net.n_solves
+    with Timer() as t:
+        net.add(routes, size, 0.0, tag=0)
+        while np.isfinite(net.next_event_s()):
+            net.advance(net.next_event_s())
+    return net.flow_finish_s, t, net.n_solves
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", type=int, nargs="+", default=[64, 512, 2048, 8192])
+    ap.add_argument("--path", choices=["factored", "csr"], default="factored")
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--repeat", type=int, default=3, help="setup and solve: best of this many")
     ap.add_argument("--exact-max-flows", type=int, default=20_000)
     ap.add_argument("--tol-max-flows", type=int, default=20_000)
     ap.add_argument("--max-route-nnz", type=float, default=4e8,
-                    help="skip sizes whose full ECMP route matrix would exceed this many non-zeros")
+                    help="csr path: skip sizes whose full ECMP route matrix would exceed this")
     args = ap.parse_args()
 
-    head = (f"{'GPUs':>5} {'flows':>9} {'links':>6} {'nnz/flow':>13} {'routes s':>9} "
-            f"{'merge s':>8} {'solve s':>8} {'exact s':>9} {'#solve':>7} "
-            f"{'tol s':>8} {'#solve':>7} {'dev':>8}")
     print(f"all-to-all-v, lognormal x Zipf(0.8) sizes, {BYTES_PER_GPU / 2**20:.0f} MiB/GPU; "
-          f"tol = merge_rel_tol {args.tol:g}; nnz/flow = full -> merged")
-    print(head)
+          f"path {args.path}; tol = merge_rel_tol {args.tol:g}; wall s [cpu s]")
+    print(f"{'GPUs':>5} {'flows':>9} {'links':>6} {'nnz':>22} {'routes s':>17} {'setup s':>17} "
+          f"{'solve s':>17} {'rounds':>6} {'exact s':>17} {'#solve':>6} {'tol s':>17} "
+          f"{'#solve':>6} {'dev':>8}")
     for num_gpus in args.gpus:
         rng = np.random.default_rng(num_gpus)
         topo = build_topology(num_gpus)
         src, dst, size = alltoallv_sizes(num_gpus, rng)
-        # Estimate the full route size from one source GPU before committing memory to it.
-        probe = topo.route_matrix(src[src == 0], dst[src == 0])
-        est_nnz = probe.nnz * num_gpus
-        if est_nnz > args.max_route_nnz:
-            print(f"{num_gpus:>5} {len(src):>9} {topo.num_links:>6}  skipped: the full ECMP route "
-                  f"matrix would hold ~{est_nnz:.1e} non-zeros (~{est_nnz * 12 / 1e9:.0f} GB)")
-            continue
         cap = topo.link_capacity_bytes_per_s * 1.0
-        routes, mcap, nnz_full, t_routes, t_merge = merged_routes(topo, src, dst, cap, rng)
-
-        t0 = time.perf_counter()
-        maxmin_rates(routes, mcap)
-        t_solve = time.perf_counter() - t0
+        if args.path == "csr":
+            # Estimate the full route size from one source GPU before committing memory to it.
+            est_nnz = topo.route_matrix(src[src == 0], dst[src == 0]).nnz * num_gpus
+            if est_nnz > args.max_route_nnz:
+                print(f"{num_gpus:>5} {len(src):>9} {topo.num_links:>6}  skipped: the full ECMP "
+                      f"route matrix would hold ~{est_nnz:.1e} non-zeros "
+                      f"(~{est_nnz * 12 / 1e9:.0f} GB)", flush=True)
+                continue
+            with Timer() as t_routes:
+                routes, solver_cap, nnz_full = merged_routes(topo, src, dst, cap, rng)
+            nnz = f"{nnz_full:.2e} -> {routes.nnz:.2e}"
+        else:
+            with Timer() as t_routes:
+                routes = topo.route_factors(src, dst)
+            solver_cap = cap
+            table_nnz = sum({id(t): t.nnz for t in routes.tables}.values())
+            nnz = f"{3 * len(src):.2e} keys+{table_nnz:.1e}"
+        t_setup = t_solve = None
+        mult, bound = np.ones(len(src)), np.full(len(src), np.inf)
+        for _ in range(args.repeat):  # keep the fastest: the first run also pays page faults
+            with Timer() as t1:
+                problem = MaxMinProblem(routes, solver_cap)
+            with Timer() as t2:
+                problem.solve(mult, bound)
+            t_setup = t1 if t_setup is None or t1.wall < t_setup.wall else t_setup
+            t_solve = t2 if t_solve is None or t2.wall < t_solve.wall else t_solve
 
         exact = tolerant = None
-        cell_exact, cell_tol, dev = f"{'skip':>9} {'':>7}", f"{'skip':>8} {'':>7}", f"{'':>8}"
+        cell_exact, cell_tol, dev = f"{'skip':>17} {'':>6}", f"{'skip':>17} {'':>6}", f"{'':>8}"
         if len(src) <= args.exact_max_flows:
-            exact, t, n = simulate(routes, size, mcap, 0.0)
-            cell_exact = f"{t:>9.3f} {n:>7}"
+            exact, t, n = simulate(routes, size, solver_cap, 0.0)
+            cell_exact = f"{str(t):>17} {n:>6}"
         if len(src) <= args.tol_max_flows:
-            tolerant, t, n = simulate(routes, size, mcap, args.tol)
-            cell_tol = f"{t:>8.3f} {n:>7}"
+            tolerant, t, n = simulate(routes, size, solver_cap, args.tol)
+            cell_tol = f"{str(t):>17} {n:>6}"
         if exact is not None and tolerant is not None:
             dev = f"{np.max(np.abs(tolerant - exact) / exact):>8.1e}"
-        nnz = f"{nnz_full / len(src):.1f}->{routes.nnz / len(src):.1f}"
-        print(f"{num_gpus:>5} {len(src):>9} {topo.num_links:>6} {nnz:>13} {t_routes:>9.2f} "
-              f"{t_merge:>8.2f} {t_solve:>8.4f} {cell_exact} {cell_tol} {dev}", flush=True)
+        print(f"{num_gpus:>5} {len(src):>9} {topo.num_links:>6} {nnz:>22} {str(t_routes):>17} "
+              f"{str(t_setup):>17} {str(t_solve):>17} {problem.rounds:>6} {cell_exact} "
+              f"{cell_tol} {dev}", flush=True)
+        del routes, problem
 
 
 if __name__ == "__main__":

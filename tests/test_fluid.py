@@ -183,3 +183,21 @@ def test_merge_on_one_link_is_within_tol_of_exact(sizes, tol):
     np.testing.assert_allclose(simulate_flows(routes, size, np.array([3.0])), exact, rtol=1e-9)
     assert np.all(merged <= exact * (1 + 1e-9))
     assert np.all(merged >= exact * (1 - tol) * (1 - 1e-9))
+
+
+def test_factored_routes_finish_as_their_written_out_matrix():
+    # Three flows from GPU-like rows: access rows 0/1 (links 0, 1) and a shared "fabric" row
+    # (link 2, capacity 1) used by flows 0 and 1. Hand oracle: flows 0 and 1 share link 2 at
+    # 1/2 each; flow 2 (link 1 only, capacity 4) runs alone at 4 minus what flow 1 takes.
+    from simmoe.network.routes import FactoredRoutes
+
+    access = csr([{0: 1.0}, {1: 1.0}], 3)
+    fabric = csr([{2: 1.0}], 3)
+    routes = FactoredRoutes((np.array([0, 1, 1]), np.array([0, 0, -1])), (access, fabric))
+    cap = np.array([10.0, 4.0, 1.0])
+    size = np.array([1.0, 2.0, 7.0])
+    got = simulate_flows(routes, size, cap)
+    np.testing.assert_array_equal(got, simulate_flows(routes.to_csr(), size, cap))
+    # t=2: flow 0 done (1 byte at 1/2); then flow 1 alone on link 2 at 1, 1 byte left: t=3.
+    # Flow 2 at 3.5 until t=2 (7 bytes), done at t=2.
+    np.testing.assert_allclose(got, [2.0, 3.0, 2.0])

@@ -177,3 +177,77 @@ def test_merging_identical_links_changes_no_rate(inst, copies):
     plain = MaxMinProblem(wide, wide_cap, merge_links=False).solve(mult, bound)
     np.testing.assert_allclose(merged, plain, rtol=1e-9)
     np.testing.assert_allclose(merged, maxmin_rates(routes, cap, mult, bound), rtol=1e-9)
+
+
+# ------------------------------------------------------------------------- factored routes
+
+
+@st.composite
+def factored_instances(draw):
+    """Random FactoredRoutes: 1-3 tables, keys with -1 (no row), sometimes aliased columns."""
+    from simmoe.network.routes import FactoredRoutes
+
+    n_links = draw(st.integers(1, 6))
+    n_classes = draw(st.integers(1, 14))
+    keys, tables = [], []
+    for _ in range(draw(st.integers(1, 3))):
+        n_rows = draw(st.integers(1, 5))
+        rows = []
+        for _ in range(n_rows):
+            links = draw(st.lists(st.integers(0, n_links - 1), max_size=n_links, unique=True))
+            fracs = draw(st.lists(st.sampled_from([0.25, 0.5, 1.0, 0.3]), min_size=len(links),
+                                  max_size=len(links)))
+            rows.append(dict(zip(links, fracs)))
+        tables.append(csr(rows, n_links))
+        keys.append(np.array(draw(st.lists(st.integers(-1, n_rows - 1), min_size=n_classes,
+                                           max_size=n_classes))))
+    alias = None
+    if n_links > 1 and draw(st.booleans()):
+        # Alias the last link to the first: its column is the first one's, not stored.
+        alias = np.arange(n_links)
+        alias[-1] = 0
+        tables = [sp.csr_matrix(t.multiply(np.r_[np.ones(n_links - 1), 0.0])) for t in tables]
+    cap = np.array(draw(st.lists(st.floats(1.0, 100.0), min_size=n_links, max_size=n_links)))
+    mult = np.array(draw(st.lists(st.integers(1, 4), min_size=n_classes, max_size=n_classes)),
+                    dtype=float)
+    bound = np.array(draw(st.lists(st.one_of(st.just(np.inf), st.floats(0.5, 50.0)),
+                                   min_size=n_classes, max_size=n_classes)))
+    return FactoredRoutes(tuple(keys), tuple(tables), alias), cap, mult, bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(factored_instances(), st.sampled_from([1, 16, 10**9]))
+def test_factored_routes_give_the_rates_of_their_written_out_matrix(inst, dense_fraction):
+    """The solver on the factors (kept, not written out) equals the solver on the plain CSR, with
+    rounds on index lists, on boolean masks (dense_fraction 1e9: every round) or mixed."""
+    from unittest import mock
+
+    from simmoe.network import maxmin
+
+    routes, cap, mult, bound = inst
+    plain = maxmin_rates(routes.to_csr(), cap, mult, bound)
+    with mock.patch.object(maxmin, "MATERIALIZE_MAX_NNZ", -1), \
+            mock.patch.object(maxmin, "DENSE_ROUND_FRACTION", dense_fraction):
+        factored = maxmin_rates(routes, cap, mult, bound)
+        # The plain CSR through the same round kinds (index lists, masks).
+        np.testing.assert_allclose(maxmin_rates(routes.to_csr(), cap, mult, bound), plain,
+                                   rtol=1e-12)
+        # A subset of active classes, as the fluid simulation solves.
+        active = np.arange(len(mult)) % 2 == 0
+        sub = maxmin.MaxMinProblem(routes, cap).solve(mult, bound, active)
+    np.testing.assert_allclose(factored, plain, rtol=1e-12)
+    np.testing.assert_array_equal(np.isinf(factored), np.isinf(plain))
+    sub_plain = maxmin.MaxMinProblem(routes.to_csr(), cap).solve(mult, bound, active)
+    np.testing.assert_allclose(sub, sub_plain, rtol=1e-12)
+    # Small problems are written out and solved as a CSR: the same rates again.
+    np.testing.assert_allclose(maxmin_rates(routes, cap, mult, bound), plain, rtol=1e-12)
+
+
+def test_aliased_link_binds_with_the_groups_smallest_capacity():
+    # Two flows on links 0 and 1, whose columns are identical (1 aliased to 0, not stored).
+    # Link 1 is the tighter (cap 2): each flow gets 1, not link 0's 5.
+    from simmoe.network.routes import FactoredRoutes
+
+    routes = FactoredRoutes((np.array([0, 0]),), (csr([{0: 1.0}], 2),), np.array([0, 0]))
+    assert routes.to_csr().toarray().tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    np.testing.assert_allclose(maxmin_rates(routes, np.array([5.0, 2.0])), [1.0, 1.0])

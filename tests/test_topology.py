@@ -8,7 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from simmoe.paths import TOPOLOGY_DIR
@@ -301,3 +301,97 @@ def test_server_and_domain_arrays_follow_gpu_ids():
             assert topo.server_of_gpu[d["gpu_id"]] == d["server"]
     for u, v, d in topo.graph.edges(data=True):
         assert topo.link_endpoints[d["index"]] == (u, v)
+
+
+# ------------------------------------------------------------------- factored routes
+
+
+@st.composite
+def small_fabrics(draw):
+    """YAML of a random small cluster: fat-tree or rail-optimized, two or three tiers."""
+    node = draw(st.sampled_from(["dgx-h100", "h100-roce-4x100g"]))
+    tiers = draw(st.sampled_from([2, 3]))
+    radix = draw(st.sampled_from([8, 16]) if tiers == 3 else st.sampled_from([8, 16, 32]))
+    over = draw(st.sampled_from([1, 2]))
+    kind = draw(st.sampled_from(["fat-tree", "rail-optimized"]))
+    nodes = draw(st.integers(1, 12))
+    extra = ""
+    if tiers == 2 and draw(st.booleans()):
+        extra = f", spines: {draw(st.integers(1, 5))}"
+    return (f"node: {node}\nnodes: {nodes}\nfabric: {{type: {kind}, tiers: {tiers}, "
+            f"switch_radix: {radix}, oversubscription: {over}{extra}}}\n")
+
+
+_FABRICS: dict[str, Topology | None] = {}
+
+
+def fabric_topology(text: str) -> Topology | None:
+    """Load (and cache) a generated topology; None when the sizes cannot be built."""
+    from simmoe.errors import TopologyError
+
+    if text not in _FABRICS:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="simmoe-fabric-"))
+        try:
+            _FABRICS[text] = load_topology(write(folder, text))
+        except TopologyError:
+            _FABRICS[text] = None
+    return _FABRICS[text]
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=small_fabrics(), seed=st.integers(0, 2**32 - 1))
+def test_factored_routes_equal_the_route_matrix_and_give_the_same_rates(text, seed):
+    """route_factors(...).to_csr() is route_matrix(...), and max-min on the factors (kept as
+    factors, merged fabric columns) gives the rates of max-min on the CSR, with random link
+    capacities so that any link may bind."""
+    from unittest import mock
+
+    from simmoe.network import maxmin
+
+    topo = fabric_topology(text)
+    assume(topo is not None)
+    shipped = ["two-sites-wan", "gb200-nvl72", "h100-ndr-rail"]
+    if seed % 7 == 0:  # now and then a shipped topology (WAN, NVL72 domains, rails)
+        topo = small_topology(shipped[seed % 3])
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    src = rng.integers(0, topo.num_gpus, n)
+    dst = rng.integers(0, topo.num_gpus, n)
+    plain = topo.route_matrix(src, dst)
+    factors = topo.route_factors(src, dst)
+    assert abs(factors.to_csr() - plain).max() <= 1e-15 if plain.nnz else factors.to_csr().nnz == 0
+    cap = topo.link_capacity_bytes_per_s * rng.uniform(0.3, 1.0, topo.num_links)
+    mult = rng.integers(1, 4, n).astype(float)
+    bound = np.where(rng.random(n) < 0.2, rng.uniform(1e9, 6e10, n), np.inf)
+    expect = maxmin.maxmin_rates(plain, cap, mult, bound)
+    with mock.patch.object(maxmin, "MATERIALIZE_MAX_NNZ", -1):
+        got = maxmin.maxmin_rates(factors, cap, mult, bound)
+    np.testing.assert_allclose(got, expect, rtol=1e-12)
+
+
+def test_factored_fabric_part_of_two_leaves_is_one_merged_column_each_way(tmp_path):
+    # Two leaves, 4 spines: leaf0's 4 uplinks and the 4 spine->leaf1 downlinks each carry 1/4 of
+    # exactly the leaf0->leaf1 flows, so all 8 are one column (aliased to the lowest link); the
+    # 8 links of the other direction are another.
+    topo = load_topology(write(tmp_path, TWO_LEAVES_FOUR_SPINES.replace("SPINES", "4")))
+    f = topo.route_factors(np.array([0, 8]), np.array([8, 0]))
+    ends = topo.link_endpoints
+    for i, (a, b) in enumerate([("leaf0", "leaf1"), ("leaf1", "leaf0")]):
+        fabric = f.tables[1][f.keys[1][i]]
+        assert len(fabric.indices) == 1 and fabric.data[0] == 0.25
+        group = [j for j, (u, v) in enumerate(ends) if (u == a and "spine" in v)
+                 or ("spine" in u and v == b)]
+        assert len(group) == 8
+        assert set(f.link_alias[group]) == {min(group)} == set(fabric.indices)
+    assert [f.keys[0][0], f.keys[2][0]] == [0, topo.num_gpus + 8]  # host rows of GPUs 0 and 8
+    assert abs(f.to_csr() - topo.route_matrix(np.array([0, 8]), np.array([8, 0]))).max() == 0
+
+
+def test_factored_routes_refuse_what_route_matrix_refuses():
+    topo = small_topology("dgx-h100-2node")
+    with pytest.raises(ValueError, match="GPU ids"):
+        topo.route_factors(np.array([0]), np.array([topo.num_gpus]))
+    with pytest.raises(ValueError, match="same length"):
+        topo.route_factors(np.array([0, 1]), np.array([2]))

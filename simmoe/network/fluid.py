@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from simmoe.network.maxmin import MaxMinProblem, canonical_routes
+from simmoe.network.routes import FactoredRoutes
 
 # Completion ties: remaining bytes within this fraction of a flow's size count as finished now.
 TIE_REL_TOL = 1e-9
@@ -135,9 +136,13 @@ class FluidNetwork:
     ) -> None:
         """Start a batch of flows at ``now_s`` under ``tag``.
 
-        ``now_s`` may not lie before the current time nor after the next event (call ``advance``
-        first). ``rate_bound_bytes_per_s`` optionally caps each flow's rate.
+        ``routes``: a (flows x links) CSR or ``FactoredRoutes`` (written out here: classes are
+        found by comparing route rows). ``now_s`` may not lie before the current time nor after
+        the next event (call ``advance`` first). ``rate_bound_bytes_per_s`` optionally caps each
+        flow's rate.
         """
+        if isinstance(routes, FactoredRoutes):
+            routes = routes.to_csr()
         R = canonical_routes(routes)
         if R.shape[1] != self._n_links:
             raise ValueError(

@@ -23,6 +23,8 @@ Implementation notes (not part of the contract):
   NVLink up/down links and its host links (GPU->NIC->edge switch and back), and per pair of edge
   switches an ECMP row, computed lazily for all sources toward one destination switch at a time
   (hop-count shortest-path DAG, flow pushed level by level with sparse products) and cached.
+* ``route_factors`` returns those three parts as keys into tables (simmoe.network.routes)
+  instead of writing every flow's row out, with fabric links of identical columns merged.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
+
+from simmoe.network.routes import FactoredRoutes
 
 FABRIC_KINDS = ("switch", "router")
 
@@ -58,6 +62,13 @@ class _Routing:
     per_dest: dict = field(default_factory=dict)  # edge id t -> csr (E x num_links)
     table: sp.csr_matrix | None = None  # rows t * E + s, plus a last empty row
     table_dests: frozenset = frozenset()
+    # Factored routes (route_factors): identical fabric columns merged, see _fabric_alias.
+    link_alias: np.ndarray | None = None  # (num_links,) representative of each link's group
+    rep_link: np.ndarray | None = None  # (num_links,) bool: link is its group's representative
+    merged: dict = field(default_factory=dict)  # edge id t -> csr (E x num_links), rep columns
+    merged_table: sp.csr_matrix | None = None  # rows t * E + s (no empty row)
+    merged_dests: frozenset = frozenset()
+    access: sp.csr_matrix | None = None  # (4G x num_links) host up, host down, NVLink up, down
 
 
 @dataclass
@@ -192,6 +203,73 @@ class Topology:
             del pairs
         return _assemble(table, rows, host_cols, num_host, self.num_links, r.fabric_first)
 
+    def route_factors(self, src: np.ndarray, dst: np.ndarray) -> FactoredRoutes:
+        """The same routes as ``route_matrix(src, dst)``, factored (simmoe.network.routes).
+
+        Three keys per flow: its source's access row (GPU->NIC->edge switch, or GPU->NVSwitch),
+        its destination's (edge switch->NIC->GPU, or NVSwitch->GPU), and its ordered pair of
+        edge switches, whose ECMP fractions every flow between them shares. Fabric links whose
+        columns are identical over every pair of edge switches are merged (``link_alias``), so
+        a flow's fabric part is a few entries (a 32-spine two-tier fat-tree: 2 instead of 64).
+        ``route_factors(src, dst).to_csr()`` equals ``route_matrix(src, dst)`` up to rounding of
+        the ECMP fractions. O(flows) work and memory beyond the tables, which are cached.
+        """
+        r = self._routing()
+        src = np.asarray(src, dtype=np.int64).reshape(-1)
+        dst = np.asarray(dst, dtype=np.int64).reshape(-1)
+        if src.shape != dst.shape:
+            raise ValueError("src and dst must have the same length")
+        n = len(src)
+        num_gpus = self.num_gpus
+        if n and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= num_gpus):
+            raise ValueError(f"GPU ids must lie in 0..{num_gpus - 1}")
+        # Per-flow work is a handful of int32 passes: at 8192 GPUs an all-to-all is 67 M flows.
+        key_dtype = np.int32 if max(4 * num_gpus, len(r.edge_nodes) ** 2) < 2**31 else np.int64
+        dom = self.nvlink_domain_of_gpu
+        cross = dom[src] != dom[dst]
+        same = src == dst
+        nvl = ~(cross | same)
+        has_nic = (r.host_up.min(axis=1) >= 0) & (r.host_down.min(axis=1) >= 0)
+        has_nvl = (r.nv_up >= 0) & (r.nv_down >= 0)
+        if not (has_nic.all() and has_nvl.all()):
+            missing = np.where(cross, ~(has_nic[src] & has_nic[dst]),
+                               nvl & ~(has_nvl[src] & has_nvl[dst]))
+            if missing.any():
+                i = int(np.argmax(missing))
+                how = "a NIC" if cross[i] else "an NVSwitch link"
+                raise ValueError(
+                    f"no route from GPU {src[i]} to GPU {dst[i]}: one of them lacks {how}")
+        src_k = src.astype(key_dtype)
+        dst_k = dst.astype(key_dtype)
+        key_src = np.where(nvl, src_k + 2 * num_gpus, src_k)
+        key_dst = np.where(nvl, dst_k + 3 * num_gpus, dst_k + num_gpus)
+        del src_k, dst_k
+        if same.any():
+            key_src[same] = -1
+            key_dst[same] = -1
+
+        num_edges = len(r.edge_nodes)
+        edge_k = r.edge_of_gpu.astype(key_dtype)
+        es = edge_k[src]
+        ed = edge_k[dst]
+        fab = cross & (es != ed)
+        key_fab = np.where(fab, ed * num_edges + es, -1).astype(key_dtype, copy=False)
+        del es, ed
+        if fab.any():
+            used = np.flatnonzero(np.bincount(key_fab + 1, minlength=num_edges**2 + 1)[1:])
+            reach = r.hops[used % num_edges, r.edge_nodes[used // num_edges]]
+            if not np.isfinite(reach).all():
+                p = used[np.argmin(np.isfinite(reach))]
+                i = int(np.argmax(key_fab == p))
+                raise ValueError(f"no route from GPU {src[i]} to GPU {dst[i]}: "
+                                 "the fabric is disconnected")
+            fabric = _merged_table(r, np.unique(used // num_edges), self.num_links)
+        else:
+            fabric = sp.csr_matrix((num_edges * num_edges, self.num_links))
+        access = _access_table(r, self.num_links)
+        return FactoredRoutes((key_src, key_fab, key_dst), (access, fabric, access),
+                              link_alias=_fabric_alias(r, self.num_links))
+
     def route_latency_s(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """Per-flow propagation + switching latency: sum over the route of fraction * link latency."""
         return np.asarray(self.route_matrix(src, dst) @ self.link_latency_s).reshape(-1)
@@ -310,12 +388,17 @@ def _adjacency(r: _Routing) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(r.sw_u)), (r.sw_u, r.sw_v)), shape=(m, m))
 
 
-def _ecmp_toward(r: _Routing, t: int, num_links: int) -> sp.csr_matrix:
+def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndarray | None = None,
+                 keep_links: np.ndarray | None = None) -> sp.csr_matrix:
     """(E x num_links) link fractions from every edge switch to edge switch ``t``.
 
     Hop distances to t define the shortest-path DAG; at each node the flow splits over DAG out-edges
     in proportion to their ports. Mass is pushed from the farthest level inward, one sparse product
     per level, for all sources at once.
+
+    ``source_weights`` (w x E): push w weighted sums of sources instead and return the dense
+    (w x num_links) ``source_weights @ fractions`` (a cheap fingerprint of every link's column).
+    ``keep_links`` (bool, num_links): only those link columns are filled.
     """
     num_edges = len(r.edge_nodes)
     m = r.num_switches
@@ -326,15 +409,39 @@ def _ecmp_toward(r: _Routing, t: int, num_links: int) -> sp.csr_matrix:
     out_w = np.bincount(u, weights=w, minlength=m)
     share = w / out_w[u]
 
-    flow = np.zeros((num_edges, m))
-    flow[np.arange(num_edges), r.edge_nodes] = 1.0
-    flow[:, target] = 0.0  # a source equal to the target sends nothing through the fabric
+    # Mass per (switch, source), switch-major so each level is one CSR x dense product with no
+    # transposed copies (the same sums in the same order as flow @ step).
+    if source_weights is None:
+        mass = np.zeros((m, num_edges))
+        mass[r.edge_nodes, np.arange(num_edges)] = 1.0
+    else:
+        mass = np.zeros((m, source_weights.shape[0]))
+        mass[r.edge_nodes, :] = source_weights.T
+    mass[target, :] = 0.0  # a source equal to the target sends nothing through the fabric
     level_of_edge = dist[u]
     if len(u):
         for k in range(int(level_of_edge.max()), 0, -1):
             at = level_of_edge == k
-            step = sp.csr_matrix((share[at], (u[at], v[at])), shape=(m, m))
-            flow += np.asarray(flow @ step)
+            step_t = sp.csr_matrix((share[at], (v[at], u[at])), shape=(m, m))
+            mass += step_t @ mass
+    flow = mass.T
+    if source_weights is not None or keep_links is not None:
+        # Few columns (the fingerprint, or merged links only): link fraction = mass at the
+        # link's tail x the link's share, as a dense (rows x DAG links) block.
+        if keep_links is not None:
+            sel = keep_links[link]
+            u, share, link = u[sel], share[sel], link[sel]
+        order = np.argsort(link)
+        u, share, link = u[order], share[order], link[order]
+        vals = np.ascontiguousarray((mass[u] * share[:, None]).T)
+        if source_weights is not None:
+            out = np.zeros((len(vals), num_links))
+            out[:, link] = vals
+            return out
+        rows, cols = np.nonzero(vals)  # row-major: columns ascending within each row
+        indptr = np.zeros(num_edges + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=num_edges), out=indptr[1:])
+        return sp.csr_matrix((vals[rows, cols], link[cols], indptr), shape=(num_edges, num_links))
     # Link fraction = mass at the link's tail x the link's share: one sparse product.
     share_at = sp.csr_matrix((share, (u, link)), shape=(m, num_links))
     out = sp.csr_matrix(flow) @ share_at
@@ -359,3 +466,72 @@ def _ecmp_table(r: _Routing, dests: np.ndarray, num_links: int) -> sp.csr_matrix
         r.table = table
         r.table_dests = frozenset(r.per_dest)
     return r.table
+
+
+def _access_table(r: _Routing, num_links: int) -> sp.csr_matrix:
+    """(4G x num_links) rows: g = host up links of GPU g, G + g = host down, 2G + g = NVLink up,
+    3G + g = NVLink down (fraction 1 each; absent links left out). Cached."""
+    if r.access is None:
+        num = len(r.nv_up)
+        cols = np.concatenate([r.host_up, r.host_down,
+                               np.column_stack([r.nv_up, np.full(num, -1)]),
+                               np.column_stack([r.nv_down, np.full(num, -1)])])
+        rows = np.repeat(np.arange(4 * num), 2)
+        cols = cols.reshape(-1)
+        ok = cols >= 0
+        r.access = sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], cols[ok])),
+                                 shape=(4 * num, num_links))
+        r.access.sort_indices()
+    return r.access
+
+
+def _fabric_alias(r: _Routing, num_links: int) -> np.ndarray:
+    """Representative of each link: switch links whose columns are identical over every ordered
+    pair of edge switches form a group (their representative: the lowest link index); every
+    other link represents itself. Cached.
+
+    Identity is tested by fingerprint: three random weightings of the sources pushed through
+    each destination's ECMP DAG (O(DAG edges) per destination, not O(sources x DAG edges)).
+    Identical columns are built by the same operations in the same order in the fabrics simmoe
+    ships (symmetric by construction), so they get bit-identical fingerprints; columns that are
+    equal only up to rounding stay apart, which costs speed, never exactness. Distinct columns
+    collide only if sums of random reals agree exactly.
+    """
+    if r.link_alias is None:
+        alias = np.arange(num_links)
+        num_edges = len(r.edge_nodes)
+        if num_edges and len(r.sw_link):
+            weights = np.random.default_rng(0xFAB).uniform(1.0, 2.0, (num_edges, 3, num_edges))
+            sig = np.zeros((3, num_links))
+            for t in range(num_edges):
+                sig += _ecmp_toward(r, t, num_links, source_weights=weights[t])
+            links = r.sw_link
+            used = links[sig[0, links] != 0]
+            if len(used):
+                key = np.ascontiguousarray(sig[:, used].T)
+                _, group = np.unique(key.view(np.dtype((np.void, key.itemsize * 3))).reshape(-1),
+                                     return_inverse=True)
+                group = group.reshape(-1)
+                rep = np.full(int(group.max()) + 1, np.iinfo(np.int64).max)
+                np.minimum.at(rep, group, used)
+                alias[used] = rep[group]
+        r.link_alias = alias
+        r.rep_link = alias == np.arange(num_links)
+    return r.link_alias
+
+
+def _merged_table(r: _Routing, dests: np.ndarray, num_links: int) -> sp.csr_matrix:
+    """Rows t * E + s: the ECMP fractions from edge switch s to t on representative links only."""
+    _fabric_alias(r, num_links)
+    new = [int(t) for t in dests if int(t) not in r.merged]
+    for t in new:
+        r.merged[t] = _ecmp_toward(r, t, num_links, keep_links=r.rep_link)
+    if r.merged_table is None or new:
+        num_edges = len(r.edge_nodes)
+        empty = sp.csr_matrix((num_edges, num_links))
+        table = sp.vstack([r.merged.get(t, empty) for t in range(num_edges)], format="csr")
+        table.sum_duplicates()
+        table.sort_indices()
+        r.merged_table = table
+        r.merged_dests = frozenset(r.merged)
+    return r.merged_table
