@@ -16,6 +16,10 @@ docs/workload.md ("Memory") derives every term; the short version:
 - all-to-all buffers: the dispatch receive and combine buffers, sized for the worst case (dropless)
   or the capacity (padded).
 - a fixed reserve for the CUDA context, NCCL, library workspaces and allocator fragmentation.
+
+With ``training.activation_offload`` the saved activations live in host RAM between a micro-batch's
+forward and its backward (Kimi K2); the GPU keeps at most ``OFFLOAD_RESIDENT_MICRO_BATCHES`` of the
+rank's largest stage-micro-batches, the rest is reported as ``host_activations_bytes``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ FP32 = 4
 # Assumption, not a measurement: CUDA context (~0.5 GiB), NCCL channel buffers and cuBLAS/TE
 # workspaces (~0.5-1 GiB), and PyTorch caching-allocator fragmentation. Real runs vary by 1-3 GiB.
 RESERVE_BYTES = 2 * GiB
+# Activation offload (Kimi K2 report, arXiv 2507.20534, section 2.4.3 and Figure 7): "we offload the
+# forward activations of the previous micro-batch while prefetching the backward activations of the
+# next". At any moment a rank then holds on the GPU the micro-batch whose forward runs, the one being
+# offloaded, the one whose backward runs and the one being prefetched: 4 stage-micro-batches, an
+# upper bound (a transfer that finishes early frees its buffer sooner).
+OFFLOAD_RESIDENT_MICRO_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class MemoryBreakdown:
     activation_per_micro_batch_bytes: float  # summed over the rank's virtual stages
     in_flight_micro_batches: float  # activations_bytes / activation_per_micro_batch_bytes
     hbm_bytes: float | None
+    # Saved activations parked in host RAM (training.activation_offload); not in total_bytes.
+    host_activations_bytes: float = 0.0
     per_pp_rank: tuple[MemoryBreakdown, ...] = field(default=(), repr=False)
 
     @property
@@ -68,7 +80,7 @@ class MemoryBreakdown:
     def gib(self) -> dict[str, float]:
         """The breakdown in GiB (2**30 bytes)."""
         keys = ("parameters_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
-                "a2a_buffers_bytes", "reserve_bytes", "total_bytes")
+                "a2a_buffers_bytes", "reserve_bytes", "total_bytes", "host_activations_bytes")
         out = {k.removesuffix("_bytes"): getattr(self, k) / GiB for k in keys}
         out["hbm"] = None if self.hbm_bytes is None else self.hbm_bytes / GiB
         return out
@@ -96,6 +108,11 @@ class _Act:
         fp8 = tr.precision == "fp8"
         self.lin_in = FP8_BYTES_PER_ELEMENT if fp8 else BF16_BYTES_PER_ELEMENT
         self.expert_act_in = FP8_BYTES_PER_ELEMENT if fp8 else BF16_BYTES_PER_ELEMENT
+        # Kimi K2 (report, section 2.4.3) stores the routed experts' up-projection input and SwiGLU
+        # input in FP8-E4M3 with 1x128 FP32 scales but computes in BF16: the same bytes as above.
+        self.expert_fc1_in = FP8_BYTES_PER_ELEMENT if fp8 or tr.fp8_expert_activations else self.lin_in
+        if tr.fp8_expert_activations:
+            self.expert_act_in = FP8_BYTES_PER_ELEMENT
         self.attn_out = 1.5 if fp8 else BF16_BYTES_PER_ELEMENT
         self.vocab_local = -(-m.vocab // par.tp)
 
@@ -140,7 +157,7 @@ class _Act:
         out = self.Tsp * d * BF16  # ln2 input
         out += 0 if self.sel else Tm * d * BF16  # router / permute input (norm output)
         out += Tm * moe.routed_experts * FP32  # router probabilities
-        out += rows * d * self.lin_in  # expert fc1 input (dispatched tokens)
+        out += rows * d * self.expert_fc1_in  # expert fc1 input (dispatched tokens)
         out += rows * self.width(fe) * self.expert_act_in  # expert fc1 output (activation input)
         out += 0 if self.sel else rows * fe * self.lin_in  # expert fc2 input
         # Router weights are applied inside the expert, in the activation (Megatron-Core's
@@ -243,6 +260,14 @@ def _state_bytes(scenario: Any, dense: float, experts: float, zero3_block: float
     return params, grads, optim
 
 
+def _offload_resident_bytes(per_mb: dict[int, float], counts: dict[int, float]) -> float:
+    """With activation offload: the GPU keeps OFFLOAD_RESIDENT_MICRO_BATCHES of the rank's in-flight
+    stage-micro-batches, counted as the largest ones (an upper bound: which ones are resident at the
+    peak depends on the schedule's order)."""
+    sizes = sorted((per_mb[v] for v in per_mb for _ in range(int(counts[v]))), reverse=True)
+    return sum(sizes[:OFFLOAD_RESIDENT_MICRO_BATCHES])
+
+
 def _hbm_bytes(scenario: Any, gpu: str | None) -> float | None:
     name = gpu or scenario.gpu_model
     if name is None:
@@ -274,10 +299,15 @@ def memory_breakdown(scenario: Any, gpu: str | None = None) -> MemoryBreakdown:
         per_mb = {v: act.stage(v) for v in stages}
         activations = sum(per_mb[v] * counts[v] for v in stages)
         per_mb_total = sum(per_mb.values())
+        host = 0.0
+        if scenario.training.activation_offload:
+            resident = _offload_resident_bytes(per_mb, counts)
+            activations, host = resident, activations - resident
         ranks.append(MemoryBreakdown(
             pp_rank=r, virtual_stages=stages, parameters_bytes=params, gradients_bytes=grads,
             optimizer_bytes=optim, activations_bytes=activations, a2a_buffers_bytes=a2a,
             reserve_bytes=RESERVE_BYTES, activation_per_micro_batch_bytes=per_mb_total,
-            in_flight_micro_batches=activations / per_mb_total if per_mb_total else 0.0, hbm_bytes=hbm))
+            in_flight_micro_batches=activations / per_mb_total if per_mb_total else 0.0, hbm_bytes=hbm,
+            host_activations_bytes=host))
     peak = max(ranks, key=lambda b: b.total_bytes)
     return replace(peak, per_pp_rank=tuple(ranks))

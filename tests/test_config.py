@@ -295,6 +295,16 @@ def test_routing_rules(tmp_path, topo):
     assert [e.field for e in err.errors] == ["routing.capacity_factor", "routing.imbalance.s"]
 
 
+def test_fp8_expert_activations_needs_routed_experts(tmp_path, topo):
+    path = write(tmp_path, "s.yaml", variant(model__moe=None, model__dense_ffn=1024, parallelism={"ep": 1},
+                                             training__fp8_expert_activations=True))
+    expect(path, "training.fp8_expert_activations=True", "dense model has no routed experts",
+           "allowed: false for a dense model")
+    moe = load_scenario(write(tmp_path, "m.yaml", variant(training__fp8_expert_activations=True,
+                                                           training__activation_offload=True)))
+    assert moe.training.fp8_expert_activations and moe.training.activation_offload
+
+
 def test_all_schema_errors_reported_together(tmp_path, topo):
     path = write(tmp_path, "s.yaml", variant(model__hidden=..., training__micro_batch=0, parallelism={"tpp": 2}))
     err = expect(path, "3 problems")

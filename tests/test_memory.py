@@ -140,3 +140,90 @@ def test_unresolved_dp_is_an_input_error():
                                                                 total_tokens=1e9), cluster=dict(topology="x")))
     with pytest.raises(InputError, match="parallelism.dp"):
         memory_breakdown(s)
+
+
+# ------------------------------------------------------- activation offload, FP8 expert storage
+
+KIMI_K2 = dict(
+    name="Kimi-K2", layers=61, dense_layers=1, hidden=7168,
+    attention=dict(type="mla", heads=64, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                   qk_rope_head_dim=64, v_head_dim=128),
+    dense_ffn=18432, vocab=163840,
+    moe=dict(routed_experts=384, shared_experts=1, top_k=8, expert_ffn=2048))
+
+
+def _with_training(s, **changes):
+    return s.model_copy(update={"training": s.training.model_copy(update=changes)})
+
+
+@pytest.mark.parametrize("par", [dict(pp=8, dp=1), dict(pp=4, vpp=2, schedule="interleaved", dp=1),
+                                 dict(pp=4, schedule="dualpipe", dp=1), dict(pp=2, dp=1)])
+def test_offload_keeps_four_stage_micro_batches_and_moves_the_rest_to_host(par):
+    kept = memory_breakdown(scenario(par=par, global_batch=64))
+    off = memory_breakdown(_with_training(scenario(par=par, global_batch=64), activation_offload=True))
+    for k, o in zip(kept.per_pp_rank, off.per_pp_rank):
+        # activation_per_micro_batch_bytes sums the rank's stages: a bound on any one of them
+        assert o.activations_bytes + o.host_activations_bytes == pytest.approx(k.activations_bytes)
+        assert o.activations_bytes <= min(k.activations_bytes, 4 * k.activation_per_micro_batch_bytes) * (1 + 1e-12)
+        assert (o.parameters_bytes, o.gradients_bytes, o.optimizer_bytes) == \
+            (k.parameters_bytes, k.gradients_bytes, k.optimizer_bytes)
+        assert k.host_activations_bytes == 0.0
+        if sum(in_flight(scenario(par=par, global_batch=64), o.pp_rank).values()) > 4:
+            assert o.host_activations_bytes > 0 and o.total_bytes < k.total_bytes
+
+
+def test_offload_by_hand_on_1f1b():
+    # 1F1B, pp=8: rank r holds 8 - r micro-batches of its stage (one stage per rank). With offload
+    # the GPU keeps min(8 - r, 4) of them and host RAM the rest.
+    s = scenario(par=dict(pp=8, dp=1), global_batch=64)
+    kept = memory_breakdown(s)
+    off = memory_breakdown(_with_training(s, activation_offload=True))
+    for r in range(8):
+        per_mb = kept.per_pp_rank[r].activation_per_micro_batch_bytes
+        assert off.per_pp_rank[r].activations_bytes == pytest.approx(min(8 - r, 4) * per_mb)
+        assert off.per_pp_rank[r].host_activations_bytes == pytest.approx(max(8 - r - 4, 0) * per_mb)
+    assert off.gib()["host_activations"] == pytest.approx(off.host_activations_bytes / 2**30)
+
+
+def test_offload_keeps_the_largest_in_flight_stage_micro_batches():
+    # Interleaved p=4, v=2, one MoE block per chunk: rank 3 holds chunk 3 x 4 and chunk 7 (with the
+    # LM head, the largest) x 1 at its peak. With offload it keeps chunk 7's and three of chunk 3's.
+    s = scenario(par=dict(pp=4, vpp=2, schedule="interleaved", dp=1), global_batch=64)
+    kept = memory_breakdown(s)
+    block = kept.per_pp_rank[1].activation_per_micro_batch_bytes / 2  # chunks 1 and 5: one block each
+    with_head = kept.per_pp_rank[3].activation_per_micro_batch_bytes - block
+    assert with_head > block and in_flight(s, 3) == {3: 4, 7: 1}
+    r3 = memory_breakdown(_with_training(s, activation_offload=True)).per_pp_rank[3]
+    assert r3.activations_bytes == pytest.approx(with_head + 3 * block)
+    assert r3.host_activations_bytes == pytest.approx(block)
+
+
+def test_fp8_expert_activations_by_hand():
+    # MOE: 8 MoE layers, T = 32 tokens, top-2, d = 64, expert_ffn 32 (SwiGLU input 64 wide), pp = 1
+    # (one micro-batch in flight), no recompute. FP8 storage turns the experts' fc1 input (rows x d)
+    # and SwiGLU input (rows x 2 f_e) from 2 bytes into 1 + 4/128 bytes; rows = T * top_k = 64.
+    s = scenario()
+    bf16 = memory_breakdown(s).activations_bytes
+    fp8 = memory_breakdown(_with_training(s, fp8_expert_activations=True)).activations_bytes
+    assert bf16 - fp8 == pytest.approx(8 * 64 * (64 + 64) * (2 - (1 + 4 / 128)))
+    # With FP8 GEMMs these tensors are FP8 already: the flag changes nothing.
+    f = _with_training(s, precision="fp8")
+    assert memory_breakdown(_with_training(f, fp8_expert_activations=True)).activations_bytes == \
+        memory_breakdown(f).activations_bytes
+
+
+def test_kimi_k2_training_setup_fits_h800_only_with_offload():
+    """Kimi K2's setup (report arXiv 2507.20534, section 2.4): 2048 H800, PP16 with virtual stages
+    (here vpp=2), EP16, ZeRO-1, Muon, selective recompute, FP8 storage of the experts'
+    up-projection and SwiGLU inputs, CPU offload of the remaining activations. The report's
+    figure: "approximately 30 GB of GPU memory for all states" per GPU."""
+    s = scenario(KIMI_K2, par=dict(pp=16, vpp=2, schedule="interleaved", ep=16, dp=128,
+                                   first_stage_layers=1, last_stage_layers=0),
+                 seq_len=4096, global_batch=16384, activation_recompute="selective",
+                 optimizer=dict(type="muon"), fp8_expert_activations=True, activation_offload=True)
+    b = memory_breakdown(s, gpu="H800-SXM")
+    assert b.fits is True
+    middle = b.per_pp_rank[1]  # a rank without embedding or head
+    states = middle.parameters_bytes + middle.gradients_bytes + middle.optimizer_bytes
+    assert states == pytest.approx(30e9, rel=0.15)
+    assert memory_breakdown(_with_training(s, activation_offload=False), gpu="H800-SXM").fits is False

@@ -281,6 +281,16 @@ def check_routing(s: Scenario) -> list[Problem]:
     return out
 
 
+def check_training(s: Scenario) -> list[Problem]:
+    tr = s.training
+    out: list[Problem] = []
+    if tr.fp8_expert_activations and s.model.moe is None:
+        out.append(Problem("training.fp8_expert_activations", True,
+                           "stores routed experts' activations in FP8, and a dense model has no routed experts",
+                           "false for a dense model"))
+    return out
+
+
 def check_scenario(s: Scenario) -> list[Problem]:
     """Every cross-field rule that needs no file; ``parallelism.dp`` must be resolved."""
-    return check_model(s) + check_parallelism(s) + check_routing(s)
+    return check_model(s) + check_training(s) + check_parallelism(s) + check_routing(s)

@@ -149,6 +149,13 @@ class Training(_Section):
     total_tokens: PosFloat  # tokens over the whole run
     batch_ramp: BatchRamp | None = None
     activation_recompute: Literal["none", "selective", "full"] = "none"
+    # Saved activations go to host RAM between a micro-batch's forward and its backward, streamed by
+    # copy engines behind compute (Kimi K2, arXiv 2507.20534, section 2.4.3). Memory model only: the
+    # GPU keeps the micro-batches being computed or in transfer; PCIe time is not simulated.
+    activation_offload: bool = False
+    # Store the routed experts' up-projection (fc1) input and SwiGLU input in FP8-E4M3 with 1x128
+    # FP32 scales while GEMMs stay BF16 (Kimi K2, section 2.4.3). precision: fp8 already does.
+    fp8_expert_activations: bool = False
     optimizer: Optimizer = Optimizer()
     zero_stage: Annotated[int, Field(ge=0, le=3)] = 1  # 1 = Megatron's distributed optimizer
 
