@@ -29,7 +29,7 @@ from typing import Any
 
 from simmoe.errors import InputError
 from simmoe.hardware import gpu_spec
-from simmoe.network.collectives import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
+from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
 from simmoe.workload.builder import GRAD_BYTES, rank_virtual_stages
 from simmoe.workload.params import block_local_params, stage_blocks, stage_has_main_head, stage_local_params
 from simmoe.workload.shapes import block_is_moe, head_dims, kv_heads, shared_expert_ffn

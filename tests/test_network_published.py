@@ -24,6 +24,7 @@ import pytest
 from simmoe.network import collectives as C
 
 from simmoe import dispatch as D
+from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
 from simmoe.network.backends import AnalyticalBackend, FlowBackend
 from simmoe.paths import TOPOLOGY_DIR
 from simmoe.topology.loader import load_topology
@@ -75,8 +76,8 @@ def deepep_case(ep: int, seed: int = 0) -> tuple[float, float]:
                                             DEEPEP_TOP_K, groups=nodes,
                                             top_k_groups=min(nodes, 4)) for _ in range(ep)])
     out = []
-    for combine, bytes_per_element in ((False, C.FP8_BYTES_PER_ELEMENT),
-                                       (True, C.BF16_BYTES_PER_ELEMENT)):
+    for combine, bytes_per_element in ((False, FP8_BYTES_PER_ELEMENT),
+                                       (True, BF16_BYTES_PER_ELEMENT)):
         coll = D.moe_dispatch(range(ep), topk, experts=DEEPEP_EXPERTS,
                               bytes_per_token=DEEPEP_HIDDEN * bytes_per_element,
                               server_of_gpu=topo.server_of_gpu, combine=combine)

@@ -32,10 +32,6 @@ from simmoe.network.flows import Collective, FlowSet, Stage
 OPS = ("alltoall", "alltoallv", "allreduce", "reduce_scatter", "all_gather", "p2p",
        "hierarchical_alltoall")
 
-# DeepEP's FP8 token layout: one byte per element plus one FP32 scale per 128-element tile
-# (deepseek-ai/DeepEP tests: fp8_factor = (1 + 4/128) / 2 of the BF16 size).
-FP8_BYTES_PER_ELEMENT = 1.0 + 4.0 / 128.0
-BF16_BYTES_PER_ELEMENT = 2.0
 
 
 def bus_factor(op: str, n: int) -> float:

@@ -79,8 +79,8 @@ def run_collective(case: Case, spec: CollectiveRun) -> Outcome:
 def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
     """DeepEP's benchmark: its routing draw, its byte count, simmoe's collective time
     (the same code path as tests/test_network_published.py)."""
-    from simmoe.network import collectives as C
     from simmoe import dispatch as D
+    from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
     from simmoe.network.backends import FlowBackend
 
     full = _topology(resolve_beside(case, spec.topology), None)
@@ -94,7 +94,7 @@ def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
     topk = np.stack([D.grouped_topk_experts(rng, spec.tokens_per_rank, spec.experts, spec.top_k, groups=nodes,
                                             top_k_groups=min(nodes, spec.max_top_k_groups))
                      for _ in range(spec.ep)])
-    per_element = {"fp8": C.FP8_BYTES_PER_ELEMENT, "bf16": C.BF16_BYTES_PER_ELEMENT}
+    per_element = {"fp8": FP8_BYTES_PER_ELEMENT, "bf16": BF16_BYTES_PER_ELEMENT}
     backend = FlowBackend(topo, _network_params())
     out = {}
     for name, combine, dtype in (("dispatch_GBps", False, spec.dispatch_dtype),

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from simmoe.errors import InputError
-from simmoe.network.collectives import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
+from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp, Op
 from simmoe.workload.params import (
     block_local_params,
