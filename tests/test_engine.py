@@ -7,7 +7,7 @@ import pytest
 
 from simmoe.config.loader import load_default_scenario
 from simmoe.engine.program import compile_program
-from simmoe.engine.runner import Simulation
+from simmoe.engine.runner import Simulation, _interval_union, _measure, _overlap
 from simmoe.engine.schedules import build_schedule, makespan
 from simmoe.workload.ops import CollectiveOp, GemmOp, MemoryOp
 
@@ -51,7 +51,8 @@ class ConstantPrograms:
 
 
 @pytest.mark.parametrize("schedule,pp,vpp,gb", [("1f1b", 4, 1, 128), ("1f1b", 2, 1, 32),
-                                                ("interleaved", 2, 2, 64), ("dualpipe", 4, 1, 128)])
+                                                ("interleaved", 2, 2, 64), ("dualpipe", 4, 1, 128),
+                                                ("dualpipe", 2, 1, 256)])
 def test_constant_op_times_match_the_schedule_oracle(schedule, pp, vpp, gb):
     sc = load_default_scenario(["parallelism.ep=4", f"parallelism.pp={pp}", f"parallelism.vpp={vpp}",
                                 f"parallelism.schedule={schedule}", f"training.global_batch={gb}"])
@@ -62,6 +63,64 @@ def test_constant_op_times_match_the_schedule_oracle(schedule, pp, vpp, gb):
     assert got == pytest.approx(oracle, rel=1e-12)
     if schedule == "1f1b":  # (m + p - 1)(t_f + t_b), by hand
         assert got == pytest.approx((sim.m + pp - 1) * (t_f + t_b))
+
+
+class GemmCompute(ConstantCompute):
+    """gemm_s(m, n, k) = m seconds: a backward GEMM op (m x k) @ (k x n) then takes m seconds of
+    input gradient ((m x n) @ (n x k)) and k of weight gradient ((k x m) @ (m x n))."""
+
+    def gemm_s(self, m, n, k, dtype):
+        return float(m)
+
+
+class SplitPrograms:
+    """Forward t_f; backward one GEMM op: t_b of input gradient, t_w of weight gradient."""
+
+    def __init__(self, t_f: float, t_b: float, t_w: float) -> None:
+        self.t_f, self.t_b, self.t_w = t_f, t_b, t_w
+
+    def stage_program(self, v):
+        return [MemoryOp(f"f{v}", None, "fwd", bytes_moved=self.t_f)], \
+               [GemmOp(f"b{v}", None, "bwd", m=self.t_b, n=1, k=self.t_w)]
+
+    def step_ops(self, s):
+        return []
+
+
+@pytest.mark.parametrize("pp,gb", [(4, 128), (4, 512), (2, 256)])
+@pytest.mark.parametrize("t_w", [0.0, 0.5, 1.0])
+def test_dualpipe_engine_defers_weight_gradients_as_the_oracle(pp, gb, t_w):
+    """Constant op times, no communication: the engine's DualPipe step equals the schedule oracle,
+    and its bubble the report's (PP/2 - 1)(F&B + B - 3W) (F = input-gradient backward = 1)."""
+    sc = load_default_scenario(["parallelism.ep=4", f"parallelism.pp={pp}", "parallelism.schedule=dualpipe",
+                                f"training.global_batch={gb}"])
+    sim = Simulation(sc, programs=SplitPrograms(1.0, 1.0, t_w), compute=GemmCompute())
+    got = sim.run_step(0).step_time_s
+    b = 1.0 + t_w
+    assert got == pytest.approx(makespan(sim.schedule, 1.0, b, t_w), rel=1e-12)
+    assert got - sim.m * (1.0 + b) == pytest.approx((pp / 2 - 1) * ((1.0 + b) + b - 3 * t_w), abs=1e-9)
+
+
+def _exposed_all_to_all_s(tl) -> float:
+    """Seconds of a rank's dispatch / combine time during which it computes nothing."""
+    comp = _interval_union(np.array([(a, b) for a, b, *_ in tl.compute], float).reshape(-1, 2))
+    a2a = _interval_union(np.array([(a, b) for a, b, _label, cat, _ph in tl.comm
+                                    if cat in ("dispatch", "combine")], float).reshape(-1, 2))
+    return _measure(a2a) - _overlap(a2a, comp)
+
+
+def test_dualpipe_hides_all_to_all_behind_the_paired_chunk():
+    """With EP all-to-alls: DualPipe's paired chunks run one micro-batch's dispatch / combine under
+    the other's compute (a communication stream per direction), so on every rank less than half of
+    the all-to-all time 1F1B exposes is left exposed, and the step is shorter."""
+    over = ["parallelism.pp=2", "training.global_batch=128", "parallelism.comm_sms=20"]
+    sim, dual = step(small(*over, "parallelism.schedule=dualpipe"))
+    _, plain = step(small(*over, "parallelism.schedule=1f1b"))
+    assert sim.m == 8
+    for tl_dual, tl_plain in zip(dual.timeline.timelines, plain.timeline.timelines):
+        assert _exposed_all_to_all_s(tl_plain) > 0
+        assert _exposed_all_to_all_s(tl_dual) < 0.5 * _exposed_all_to_all_s(tl_plain)
+    assert dual.step_time_s < plain.step_time_s
 
 
 def test_program_dependency_rule_and_chain_merging():

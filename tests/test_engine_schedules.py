@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 from simmoe.engine.schedules import (
     Item,
     build_schedule,
+    dualpipe,
     interleaved_1f1b,
     makespan,
     one_f_one_b,
-    overlapped_1f1b,
     slots,
+    virtual_stage,
 )
 from simmoe.errors import InputError
 
@@ -63,15 +64,69 @@ def test_interleaved_needs_m_multiple_of_p():
         interleaved_1f1b(4, 6, 2)
 
 
-def test_overlapped_pairs_forward_with_earlier_backward():
-    s = overlapped_1f1b(4, 8)
-    assert _order(s[3]) == ["F0", "B0", "+F1", "B1", "+F2", "B2", "+F3", "B3", "+F4", "B4", "+F5",
-                            "B5", "+F6", "B6", "+F7", "B7"]
-    for items in s:
+def test_dualpipe_p4_m8_follows_the_reference_order():
+    """Orders derived by hand from deepseek-ai/DualPipe's eight steps (p = 4, 8 micro-batches:
+    0-3 enter at rank 0, 4-7 ("r") at rank 3; "+" pairs an item with the one before it, "b" is a
+    backward whose weight gradient W comes later)."""
+    s = dualpipe(4, 8)
+    # Rank 0 (h = 0): 2 near forwards; F near, F far; b far, W, F far; pairs F3+B5r, F6r+B0;
+    # B6r, pair F7r+B1; B7r, b2; W2, b3; W3.
+    assert _order(s[0]) == ["F0", "F1", "F2", "F4r", "b4r", "W4r", "F5r", "F3", "+B5r", "F6r", "+B0",
+                            "B6r", "F7r", "+B1", "B7r", "b2", "W2", "b3", "W3"]
+    # Rank 1 (a middle rank, h = 1): its first near forward and far backward run unpaired.
+    assert _order(s[1]) == ["F0", "F4r", "F1", "F5r", "F2", "B4r", "F6r", "+B0", "F3", "+B5r", "F7r",
+                            "+B1", "B6r", "B2", "b7r", "b3", "W7r", "W3"]
+    # The mirror image: rank p-1-r runs rank r's order with the directions swapped.
+    mirror = {**{i: i + 4 for i in range(4)}, **{i + 4: i for i in range(4)}}
+    for r in range(4):
+        assert [(mirror[a.mb], a.phase, a.defer_w, a.overlap) for a in s[r]] == \
+               [(b.mb, b.phase, b.defer_w, b.overlap) for b in s[3 - r]]
+    # Rank r runs stage r for micro-batches 0-3 and stage p-1-r for 4-7.
+    assert {virtual_stage(it, 4, 1) for it in s[1] if it.mb < 4} == {1}
+    assert {virtual_stage(it, 4, 1) for it in s[1] if it.mb >= 4} == {2}
+    for items in s:  # every pair: a forward of one direction, a backward of the other
         for slot in slots(items):
             if len(slot) == 2:
-                b, f = slot
-                assert b.phase == "bwd" and f.phase == "fwd" and f.mb > b.mb
+                f, b = slot
+                assert f.phase == "fwd" and b.phase == "bwd" and f.reverse != b.reverse
+
+
+@pytest.mark.parametrize("p,m", [(4, 8), (4, 20), (6, 12), (8, 20), (16, 120)])
+@pytest.mark.parametrize("w", [0.0, 0.25, 0.5, 1.0])
+def test_dualpipe_bubble_is_the_report_formula(p, m, w):
+    """DeepSeek-V3 Table 2: DualPipe's bubble is (PP/2 - 1)(F&B + B - 3W), B a whole backward,
+    W its weight gradient, F&B a paired forward-backward chunk (here F + B: free communication, one
+    compute stream). Exact when the forward and the input-gradient backward take equal time."""
+    f, b_in = 1.0, 1.0
+    b = b_in + w
+    step = makespan(dualpipe(p, m), f, b, w)
+    bubble = step - m * (f + b)
+    assert bubble == pytest.approx((p / 2 - 1) * ((f + b) + b - 3 * w), abs=1e-9)
+    # 1F1B's (PP - 1)(F + B) is larger.
+    assert bubble < (p - 1) * (f + b)
+    assert makespan(one_f_one_b(p, m), f, b) - m * (f + b) == pytest.approx((p - 1) * (f + b))
+
+
+@pytest.mark.parametrize("p,m", [(2, 4), (4, 8), (8, 20), (16, 120)])
+def test_dualpipe_holds_at_most_p_plus_one_activations(p, m):
+    """DualPipe's activation memory: PP + 1 micro-batch stages in flight per rank (report, Table 2)."""
+    for items in dualpipe(p, m):
+        live = peak = 0
+        for it in items:
+            live += {"fwd": 1, "bwd": -1, "wgt": 0}[it.phase]
+            peak = max(peak, live)
+        assert peak <= p + 1
+
+
+def test_dualpipe_needs_even_p_and_enough_micro_batches():
+    with pytest.raises(InputError, match="even pp"):
+        dualpipe(3, 12)
+    with pytest.raises(InputError, match="at least 2 x pp"):
+        dualpipe(4, 6)
+    with pytest.raises(InputError, match="even number"):
+        dualpipe(4, 9)
+    with pytest.raises(InputError, match="vpp"):
+        build_schedule("dualpipe", 4, 8, 2)
 
 
 @settings(max_examples=40, deadline=None)
@@ -82,24 +137,26 @@ def test_every_item_once_and_forward_before_backward(p, m, v, name):
         v = 1
     if name == "interleaved" and (m % p or p == 1):
         return
+    if name == "dualpipe":
+        p, m = 2 * (p // 2 + 1), 2 * m  # even p, even m
+        m = max(m, 2 * p)
     sched = build_schedule(name, p, m, v)
-    for items in sched:
+    for r, items in enumerate(sched):
         seen = set()
         for it in items:
-            key = (it.mb, it.chunk, it.phase)
+            key = (it.mb, virtual_stage(it, p, r), it.phase)
             assert key not in seen
             seen.add(key)
             if it.phase == "bwd":
-                assert (it.mb, it.chunk, "fwd") in seen
-        assert len(seen) == 2 * m * v
+                assert (it.mb, key[1], "fwd") in seen
+            if it.phase == "wgt":
+                assert (it.mb, key[1], "bwd") in seen
+        deferred = {(it.mb, virtual_stage(it, p, r)) for it in items if it.defer_w}
+        assert {(mb, s) for mb, s, ph in seen if ph == "wgt"} == deferred
+        assert len(seen) == 2 * m * v + len(deferred)
     # Never slower than running everything serially, never faster than the busiest rank's work.
-    step = makespan(sched, 1.0, 2.0)
+    step = makespan(sched, 1.0, 2.0, 0.5)
     assert m * 3.0 - 1e-9 <= step <= (m * v * 3.0) * p * v + 1e-9
-
-
-@pytest.mark.parametrize("p,m", [(4, 8), (2, 4), (4, 4), (8, 3)])
-def test_overlapped_no_slower_than_1f1b_without_comm(p, m):
-    assert makespan(overlapped_1f1b(p, m), 1.0, 2.0) <= makespan(one_f_one_b(p, m), 1.0, 2.0) + 1e-9
 
 
 def test_unknown_schedule_is_an_input_error():

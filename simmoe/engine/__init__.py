@@ -5,11 +5,11 @@ from simmoe.engine.schedules import (
     SCHEDULES,
     Item,
     build_schedule,
+    dualpipe,
     interleaved_1f1b,
     makespan,
     one_f_one_b,
-    overlapped_1f1b,
 )
 
 __all__ = ["SCHEDULES", "InfeasibleScenario", "Item", "RunResult", "build_schedule",
-           "interleaved_1f1b", "makespan", "one_f_one_b", "overlapped_1f1b", "simulate"]
+           "dualpipe", "interleaved_1f1b", "makespan", "one_f_one_b", "simulate"]

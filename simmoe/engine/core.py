@@ -14,10 +14,17 @@ ranks join it; it starts when the last one arrives (a full run), or at once when
 simulated rank stands for the whole group (a reduced run, docs/engine.md).
 
 Timeline of one rank: for each slot of its schedule, wait for the item's input (the previous
-virtual stage's pipeline send, or the next stage's gradient), run its program; a paired slot
-(overlapped schedule) runs its two items as two processes sharing the compute stream, backward
-first when both are ready. When every item and every collective it started is done, the rank
-runs the once-per-step program (gradient reduction, optimizer). The step ends when all ranks do.
+virtual stage's pipeline send, or the next stage's gradient), run its program. A paired slot
+(DualPipe's overlapped forward-backward chunk) waits for the inputs of both items, runs them as two
+processes sharing the compute stream (backward first when both are ready), each with its own
+communication stream, so one's all-to-all runs under the other's compute, and sends both outputs
+when both are computed (DualPipe's reference order). A deferred weight gradient (``wgt``) waits for
+nothing but the rank's earlier items. When every item and every collective it started is done,
+the rank runs the once-per-step program (gradient reduction, optimizer). The step ends when all
+ranks do.
+
+Communication streams: one per rank and pipeline direction (DualPipe's two directions; the other
+schedules use one), first in first out; pipeline sends have their own (NCCL p2p).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Callable, Hashable, Protocol
 import simpy
 
 from simmoe.engine.program import Program
-from simmoe.engine.schedules import Item, slots
+from simmoe.engine.schedules import Item, slots, virtual_stage
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,9 @@ class StepTimeline:
 
 class StepEngine:
     """Simulate one training step. ``schedule[s]`` is pp rank s's item list; ``programs`` maps
-    (virtual stage, "fwd"|"bwd") to a compiled program; ``step_program`` runs once per rank."""
+    (virtual stage, "fwd"|"bwd") to a compiled program, and for schedules that defer weight
+    gradients also (virtual stage, "bwd_in") (input gradient only) and (virtual stage, "wgt");
+    ``step_program`` runs once per rank."""
 
     def __init__(self, env: simpy.Environment, network, ranks: list[SimRank],
                  schedule: list[list[Item]], programs: dict[tuple[int, str], Program],
@@ -98,7 +107,7 @@ class StepEngine:
         self.timelines = [RankTimeline() for _ in ranks]
         self._signals: dict[tuple, simpy.Event] = {}
         self._rendezvous: dict[Hashable, list] = {}
-        self._comm_stream = [simpy.Resource(env, 1) for _ in ranks]
+        self._comm_stream = [(simpy.Resource(env, 1), simpy.Resource(env, 1)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
 
     # ------------------------------------------------------------------ public
@@ -122,11 +131,22 @@ class StepEngine:
         gpu = None
         for slot in slots(self.schedule[r.pp_rank]):
             if len(slot) == 1:
-                yield from self._item(r, slot[0], None)
+                it = slot[0]
+                wait = self._input(r, it)
+                if wait is not None and not wait.processed:
+                    yield wait
+                yield from self._item(r, it, None, None)
             else:
                 if gpu is None:
                     gpu = simpy.PriorityResource(self.env, 1)
-                yield self.env.all_of([self.env.process(self._item(r, it, gpu)) for it in slot])
+                waits = [w for w in (self._input(r, it) for it in slot)
+                         if w is not None and not w.processed]
+                if waits:
+                    yield self.env.all_of(waits)
+                computed = self.env.event()  # both items' compute done: their outputs may go
+                yield self.env.all_of([self.env.process(self._item(r, it, gpu, computed))
+                                       for it in slot])
+                computed.succeed()
         pending = [e for e in self._outstanding[r.index] if not e.processed]
         if pending:
             yield self.env.all_of(pending)
@@ -138,19 +158,29 @@ class StepEngine:
                 yield self.env.all_of(pending)
         self.timelines[r.index].finish_s = self.env.now
 
-    def _item(self, r: SimRank, it: Item, gpu):
-        v = it.chunk * self.pp + r.pp_rank
+    def _input(self, r: SimRank, it: Item) -> simpy.Event | None:
+        """The event an item's input arrives with (None: nothing to wait for)."""
+        v = virtual_stage(it, self.pp, r.pp_rank)
         q, mb = r.pipeline, it.mb
         if it.phase == "fwd":
-            wait = self._signal(("fwd", q, mb, v)) if v > 0 else None
-        else:
-            wait = self._signal(("bwd", q, mb, v)) if v < self.stages - 1 else \
+            return self._signal(("fwd", q, mb, v)) if v > 0 else None
+        if it.phase == "bwd":
+            return self._signal(("bwd", q, mb, v)) if v < self.stages - 1 else \
                 self._signal(("fwd_done", q, mb, v))
-        if wait is not None and not wait.processed:
-            yield wait
-        key = (v, it.phase)
-        prog = self.programs[key]
-        events = yield from self._program(r, key, prog, mb, gpu, it.phase)
+        return None  # a deferred weight gradient: its backward ran earlier on this rank
+
+    def _item(self, r: SimRank, it: Item, gpu, computed):
+        """Run one item whose input is in. ``computed``: in a paired slot, the event of both items'
+        compute being done; the item's outputs (pipeline sends) wait for it."""
+        v = virtual_stage(it, self.pp, r.pp_rank)
+        q, mb = r.pipeline, it.mb
+        phase = "bwd_in" if it.defer_w else it.phase
+        prog = self.programs[(v, phase)]
+        key = (v, phase, "reverse") if it.reverse else (v, phase)
+        events = yield from self._program(r, key, prog, mb, gpu, it.phase, int(it.reverse),
+                                          computed)
+        if it.phase == "wgt":
+            return
         # Hand the output on: the pipeline send when the program has one, else the whole item.
         if it.phase == "fwd":
             target = ("fwd", q, mb, v + 1) if v < self.stages - 1 else ("fwd_done", q, mb, v)
@@ -159,9 +189,9 @@ class StepEngine:
         if target is None:
             return
         if prog.p2p_nodes and target[0] != "fwd_done":
-            done = [events[k] for k in prog.p2p_nodes]
+            done = [events[k] for k in prog.p2p_nodes]  # they wait for ``computed``
         else:
-            done = [e for e in events if e is not None]
+            done = [e for e in events if e is not None] + ([computed] if computed is not None else [])
         self._when_all(done, self._signal(target))
 
     def _when_all(self, events: list, signal: simpy.Event) -> None:
@@ -173,16 +203,19 @@ class StepEngine:
         else:
             self.env.all_of(pending).callbacks.append(lambda _e: signal.succeed())
 
-    def _program(self, r: SimRank, key: tuple, prog: Program, mb: int, gpu, phase: str):
-        """Run a program's compute nodes here, its collectives as processes. Returns one entry per
-        node: the completion event of a collective, None for compute (already done on return)."""
+    def _program(self, r: SimRank, key: tuple, prog: Program, mb: int, gpu, phase: str,
+                 lane: int = 0, computed=None):
+        """Run a program's compute nodes here, its collectives as processes on communication
+        stream ``lane`` (pipeline sends also wait for ``computed`` when given). Returns one entry
+        per node: the completion event of a collective, None for compute (done on return)."""
         env = self.env
         tl = self.timelines[r.index]
         events: list = [None] * len(prog.nodes)
         priority = 0 if phase == "bwd" else 1
         for k, node in enumerate(prog.nodes):
             if node.kind == "comm":
-                ev = env.process(self._comm(r, key, prog, k, mb, events, phase))
+                ev = env.process(self._comm(r, key, prog, k, mb, events, phase, lane,
+                                            computed if k in prog.p2p_nodes else None))
                 events[k] = ev
                 self._outstanding[r.index].append(ev)
                 continue
@@ -207,15 +240,17 @@ class StepEngine:
         return events
 
     def _comm(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int, events: list,
-              phase: str):
+              phase: str, lane: int, gate):
         node = prog.nodes[k]
         waits = [events[d] for d in node.deps if events[d] is not None and not events[d].processed]
+        if gate is not None and not gate.processed:
+            waits.append(gate)
         if len(waits) == 1:
             yield waits[0]
         elif waits:
             yield self.env.all_of(waits)
         req = self.resolver.node_collective(r, key, prog, k, mb)
-        stream = None if req.category == "pp" else self._comm_stream[r.index]
+        stream = None if req.category == "pp" else self._comm_stream[r.index][lane]
         if stream is not None:
             claim = stream.request()
             yield claim

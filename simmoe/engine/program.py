@@ -8,14 +8,21 @@ communication stream (point-to-point sends have their own stream, as NCCL p2p do
 Consecutive compute ops that form a plain chain (each depends only on the previous one, and nothing
 else waits for the ones in the middle) are merged into one node: the engine then pays one event
 for the chain instead of one per op.
+
+Weight gradients deferred (zero-bubble schedules, DualPipe): a backward op of a weight-carrying
+GEMM stands for dgrad + wgrad (simmoe.workload.ops). The same backward op list then compiles twice:
+with ``grad="input"`` (the backward proper, its GEMMs timed as dgrad only) and, through
+:func:`weight_gradient_ops`, with ``grad="weight"`` (those GEMMs' wgrad, one chain).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simmoe.errors import InputError
-from simmoe.workload.ops import CollectiveOp, ExpertGemmOp, Op
+from simmoe.workload.ops import CollectiveOp, ExpertGemmOp, GemmOp, Op
+
+GRADS = ("both", "input", "weight")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Program:
     referenced: tuple[bool, ...]  # node i is waited on by a later node (needs an event)
     p2p_nodes: tuple[int, ...]  # nodes holding a pipeline send
     has_expert: tuple[bool, ...]  # node i contains an ExpertGemmOp
+    grad: str = "both"  # backward GEMMs timed as dgrad + wgrad, dgrad only ("input"), wgrad only
 
     @property
     def empty(self) -> bool:
@@ -43,7 +51,18 @@ def _is_comm(op: Op) -> bool:
     return isinstance(op, CollectiveOp)
 
 
-def compile_program(ops: list[Op] | tuple[Op, ...], where: str = "program") -> Program:
+def weight_gradient_ops(backward: list[Op] | tuple[Op, ...]) -> list[Op]:
+    """The weight-gradient GEMMs of a backward op list, as one chain (they wait for nothing but
+    each other: their inputs were saved by the backward that ran before)."""
+    return [replace(op, after=()) for op in backward
+            if isinstance(op, (GemmOp, ExpertGemmOp)) and op.phase == "bwd"]
+
+
+def compile_program(ops: list[Op] | tuple[Op, ...], where: str = "program",
+                    grad: str = "both") -> Program:
+    if grad not in GRADS:
+        raise InputError("unknown gradient part", field=f"{where}.grad", value=grad,
+                         allowed=", ".join(GRADS))
     ops = tuple(ops)
     index = {}
     for i, op in enumerate(ops):
@@ -93,4 +112,4 @@ def compile_program(ops: list[Op] | tuple[Op, ...], where: str = "program") -> P
                 and ops[n.ops[0]].collective == "p2p_send")
     has_expert = tuple(any(isinstance(ops[i], ExpertGemmOp) and not ops[i].shared for i in n.ops)
                        for n in out)
-    return Program(ops, tuple(out), tuple(referenced), p2p, has_expert)
+    return Program(ops, tuple(out), tuple(referenced), p2p, has_expert, grad)

@@ -25,8 +25,8 @@ import simpy
 from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
 from simmoe.engine.core import CommRequest, SimRank, StepEngine, StepTimeline
 from simmoe.engine.moe_comm import moe_alltoall
-from simmoe.engine.program import Program, compile_program
-from simmoe.engine.schedules import build_schedule
+from simmoe.engine.program import Program, compile_program, weight_gradient_ops
+from simmoe.engine.schedules import build_schedule, stage_rank, virtual_stage
 from simmoe.errors import InputError
 from simmoe.network import collectives as coll
 from simmoe.network.coflow import AnalyticalSimNetwork, CoflowFabric, CoflowNetwork, ReplicaSimNetwork
@@ -68,16 +68,9 @@ class WorkloadPrograms:
         return list(prog.forward), list(prog.backward)
 
     def step_ops(self, pp_rank: int):
-        # The chunks this engine's schedules put on pp_rank: virtual stages pp_rank + j * pp (the
-        # overlapped schedule is single-direction, one chunk per rank: docs/engine.md).
-        from dataclasses import replace
-
-        par = self.scenario.parallelism
-        out = []
-        for v in range(pp_rank, par.pp * par.vpp, par.pp):
-            out += [replace(op, name=f"v{v}.{op.name}", after=tuple(f"v{v}.{a}" for a in op.after))
-                    for op in self._builder.build_step_ops(self.scenario, v)]
-        return out
+        # The chunks the schedule puts on pp_rank: virtual stages pp_rank + j * pp; DualPipe's
+        # pp_rank and pp - 1 - pp_rank (both copies' gradients are reduced and updated).
+        return list(self._builder.build_rank_step_ops(self.scenario, pp_rank))
 
 
 @dataclass
@@ -203,13 +196,26 @@ class Simulation:
                              value=scenario.training.global_batch,
                              allowed=f">= micro_batch * dp = {scenario.training.micro_batch * par.dp}")
         self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp)
+        # Micro-batches each (pp rank, virtual stage) runs: all m, or under DualPipe the half that
+        # enters from the end the rank's copy of the stage serves. All-to-all link loads are built
+        # for those only.
+        at: dict[tuple[int, int], set] = {}
+        for rank, items in enumerate(self.schedule):
+            for it in items:
+                at.setdefault((rank, virtual_stage(it, par.pp, rank)), set()).add(it.mb)
+        self._mbs_at = {k: np.array(sorted(v), np.int64) for k, v in at.items()}
         source = programs if programs is not None else WorkloadPrograms(scenario)
         self._source = source
         self.programs: dict[tuple[int, str], Program] = {}
+        split = any(it.defer_w for items in self.schedule for it in items)
         for v in range(self.stages):
             fwd, bwd = source.stage_program(v)
             self.programs[(v, "fwd")] = compile_program(fwd, f"stage {v} forward")
             self.programs[(v, "bwd")] = compile_program(bwd, f"stage {v} backward")
+            if split:  # zero-bubble backwards: input gradient now, weight gradient later
+                self.programs[(v, "bwd_in")] = compile_program(bwd, f"stage {v} backward", grad="input")
+                self.programs[(v, "wgt")] = compile_program(weight_gradient_ops(bwd),
+                                                            f"stage {v} weight gradient", grad="weight")
         self.step_programs = {s: compile_program(source.step_ops(s), f"pp rank {s} step")
                               for s in range(par.pp)}
         self._server = np.asarray(topology.server_of_gpu)
@@ -272,6 +278,7 @@ class Simulation:
         self._routing: dict[int, object] = {}  # moe layer -> RoutingModel
         self._experts_of_rank: dict[int, np.ndarray] = {}
         self._layer_stage: dict[int, int] = {}
+        self._layer_vstage: dict[int, int] = {}
         self._draws: dict = {}
         self._batch_draws: dict = {}
         self.stats = StepStats()
@@ -294,6 +301,7 @@ class Simulation:
             for op in prog.ops:
                 if op.layer in self.moe_index:
                     self._layer_stage[self.moe_index[op.layer]] = v % self.pp
+                    self._layer_vstage[self.moe_index[op.layer]] = v
         kw = dict(num_layers=len(layers), popularity=imb.model,
                   zipf_s=imb.s if imb.s is not None else 1.0,
                   dirichlet_alpha=imb.alpha if imb.alpha is not None else 1.0,
@@ -357,12 +365,13 @@ class Simulation:
         d = getattr(op, "dtype", "bf16")
         return "bf16" if d == "fp32" else d  # FP32 GEMMs (router) timed as BF16: tiny, documented
 
-    def _op_time_s(self, op) -> float:
+    def _op_time_s(self, op, grad: str = "both") -> float:
+        """Seconds of one op; ``grad`` picks the part of a backward GEMM (program.GRADS)."""
         c = self.compute
         bwd = op.phase == "bwd"
         if isinstance(op, GemmOp):
             if bwd:
-                return float(gemm_backward_s(c, op.m, op.n, op.k, self._dtype(op)).total_s) * op.count
+                return float(_grad_part(gemm_backward_s(c, op.m, op.n, op.k, self._dtype(op)), grad)) * op.count
             return float(c.gemm_s(op.m, op.n, op.k, self._dtype(op))) * op.count
         if isinstance(op, AttentionOp):
             return float(c.attention_s(op.batch, op.seq_len, op.heads, op.head_dim_qk, op.head_dim_v,
@@ -373,23 +382,26 @@ class Simulation:
             tr, par = self.scenario.training, self.scenario.parallelism
             m = -(-tr.micro_batch * tr.seq_len // (par.tp * par.cp))
             if bwd:
-                return float(gemm_backward_s(c, m, op.n, op.k, self._dtype(op)).total_s)
+                return float(_grad_part(gemm_backward_s(c, m, op.n, op.k, self._dtype(op)), grad))
             return float(c.gemm_s(m, op.n, op.k, self._dtype(op)))
         return 0.0
 
-    def _expert_times(self, step: int, op: ExpertGemmOp, mb: int) -> tuple[np.ndarray, float]:
+    def _expert_times(self, step: int, op: ExpertGemmOp, mb: int,
+                      grad: str = "both") -> tuple[np.ndarray, float]:
         """((ep,) seconds of this grouped GEMM on each EP rank of the group, their max). One call
         of the compute model times every micro-batch of the layer (its arrays take a batch axis)."""
         moe_i = self.moe_index[op.layer]
-        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase)
+        if op.phase != "bwd":
+            grad = "both"
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad)
         got = self._static_s.get(key)
         if got is None:
             ds = self._layer_draws(step, moe_i)
             comp = np.stack([np.asarray(d.compute_tokens_per_expert) for d in ds])
             tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
             if op.phase == "bwd":
-                t = np.asarray(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
-                                                       self._dtype(op)).total_s, float)
+                t = np.asarray(_grad_part(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
+                                                                  self._dtype(op)), grad), float)
             else:
                 t = np.asarray(self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)), float)
             t = t.reshape(len(ds), -1)
@@ -397,7 +409,7 @@ class Simulation:
         if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
             d = self._draw(step, moe_i, mb)
             tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
-            fn = (lambda x: grouped_gemm_backward_s(self.compute, x, op.n, op.k, self._dtype(op)).total_s) \
+            fn = (lambda x: _grad_part(grouped_gemm_backward_s(self.compute, x, op.n, op.k, self._dtype(op)), grad)) \
                 if op.phase == "bwd" else (lambda x: self.compute.grouped_gemm_s(x, op.n, op.k, self._dtype(op)))
             t = np.asarray(fn(tokens), float)
             return t, float(t.max())
@@ -408,7 +420,7 @@ class Simulation:
         base = self._static_s.get(skey)
         node = prog.nodes[k]
         if base is None:
-            base = sum(self._op_time_s(prog.ops[i]) for i in node.ops
+            base = sum(self._op_time_s(prog.ops[i], prog.grad) for i in node.ops
                        if not (isinstance(prog.ops[i], ExpertGemmOp) and not prog.ops[i].shared))
             self._static_s[skey] = base
         if not prog.has_expert[k]:
@@ -418,7 +430,7 @@ class Simulation:
         for i in node.ops:
             op = prog.ops[i]
             if isinstance(op, ExpertGemmOp) and not op.shared:
-                t, t_max = self._expert_times(self._step, op, mb)
+                t, t_max = self._expert_times(self._step, op, mb, prog.grad)
                 # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
                 ex += t_max if ep_coord is None else float(t[ep_coord])
         return base + ex, ex
@@ -502,20 +514,23 @@ class Simulation:
         rows = self._a2a_rows.get(key)
         if rows is None:
             loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
+            mbs = self._mbs_at.get((s, self._layer_vstage[moe_i]), np.zeros(0, np.int64))
             x = self._a2a_rows.get((moe_i, row))  # the layer's token counts, shared by both directions
             if x is None:
                 ds = self._layer_draws(step, moe_i)
                 x = self._a2a_rows[(moe_i, row)] = loads.inputs(
-                    np.stack([d.dispatch_tokens_per_src_dst_rank for d in ds]),
-                    np.stack([d.dispatch_tokens_per_src_dst_node for d in ds]))
+                    np.stack([ds[i].dispatch_tokens_per_src_dst_rank for i in mbs]),
+                    np.stack([ds[i].dispatch_tokens_per_src_dst_node for i in mbs]))
             engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
-            rows = self._a2a_rows[key] = (self._fabric.moe_rows(loads, x, combine, engine), engine)
-        if mb >= len(rows[0]):  # outside the step's micro-batches (tests poke at it)
+            index = {int(b): i for i, b in enumerate(mbs)}
+            rows = self._a2a_rows[key] = (self._fabric.moe_rows(loads, x, combine, engine), engine, index)
+        i = rows[2].get(mb)
+        if i is None:  # outside the micro-batches this rank runs on the stage (tests poke at it)
             d = self._draw(step, moe_i, mb)
             loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
             x = loads.inputs(d.dispatch_tokens_per_src_dst_rank, d.dispatch_tokens_per_src_dst_node)
             return self._fabric.moe_rows(loads, x, combine, rows[1])[0], rows[1]
-        return rows[0][mb], rows[1]
+        return rows[0][i], rows[1]
 
     def node_collective(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int) -> CommRequest:
         op = prog.ops[prog.nodes[k].ops[0]]
@@ -523,10 +538,11 @@ class Simulation:
         g = r.global_rank
         s = r.pp_rank
         if op.collective == "p2p_send":
-            v, phase = key
+            v, phase = key[0], key[1]
             dst_v = v + 1 if phase == "fwd" else v - 1
+            dst_pp = stage_rank(dst_v, self.pp, reverse=len(key) > 2)  # DualPipe's reversed pipeline
             c = self.layout.coords(g)
-            dst = self.layout.rank_of(tp=c["tp"], cp=c["cp"], dp=c["dp"], pp=dst_v % self.pp)
+            dst = self.layout.rank_of(tp=c["tp"], cp=c["cp"], dp=c["dp"], pp=dst_pp)
             skey = ("p2p", g, dst, op.size_bytes)
 
             def build():
@@ -535,7 +551,7 @@ class Simulation:
                     src_gpu, dst_gpu = self._gpus([g, dst])
                     cl = coll.p2p([src_gpu, dst_gpu], op.size_bytes, pairs=[(src_gpu, dst_gpu)]) \
                         if src_gpu != dst_gpu else _empty([src_gpu])
-                    cl = self._finish(cl, "pp", s, dst_stage=dst_v % self.pp)
+                    cl = self._finish(cl, "pp", s, dst_stage=dst_pp)
                     cl.meta["cache_key"] = skey
                     self._static_coll[skey] = cl
                 return cl
@@ -623,11 +639,21 @@ class Simulation:
         lay = self.layout
         per_stage = lay.tp * lay.cp * lay.dp
         total = 0.0
-        for (_v, _phase), prog in self.programs.items():
-            total += sum(op.model_flops for op in prog.ops) * self.m * per_stage
+        for (_v, phase), prog in self.programs.items():
+            if phase in ("fwd", "bwd"):  # "bwd_in" and "wgt" are the same backward, split
+                total += sum(op.model_flops for op in prog.ops) * self.m * per_stage
         for prog in self.step_programs.values():
             total += sum(op.model_flops for op in prog.ops) * per_stage
         return total
+
+
+def _grad_part(times, grad: str) -> float | np.ndarray:
+    """The part of a backward GEMM's BackwardTimes a program runs (simmoe.engine.program.GRADS)."""
+    if grad == "input":
+        return times.dgrad_s
+    if grad == "weight":
+        return times.wgrad_s
+    return times.total_s
 
 
 _NO_FLOWS = (Stage(FlowSet(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)), 1),)

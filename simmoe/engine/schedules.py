@@ -12,16 +12,20 @@ interleaving), so with ``v = 1`` chunk 0 is simply stage ``r``.
   m a multiple of p. Forward k (0..m*v-1) of a rank is chunk (k // p) % v of micro-batch
   (k // (p v)) p + k % p; backward k walks the chunks in reverse. Warm-up:
   (p - r - 1) * 2 + (v - 1) * p forwards (all m v when m == p). Bubble shrinks by v.
-- ``overlapped_1f1b(p, m)``: in the spirit of DualPipe (DeepSeek-V3 §3.2.1): one more warm-up
-  forward than 1F1B (``min(p - r, m)``), then every steady-state forward is *paired* with a
-  backward of an earlier micro-batch: the pair runs on one compute stream, interleaving its ops, so
-  the EP all-to-all of one hides behind the compute of the other. A paired item carries
-  ``overlap=True``: it runs together with the item just before it. This is a single-direction
-  schedule (DualPipe's second, reversed pipeline halves the bubble at twice the parameter memory;
-  not modelled: see docs/engine.md).
-
-All three keep every micro-batch's forward before its backward on each chunk, and every rank runs
-each (micro-batch, chunk, phase) exactly once (tests check both).
+- ``dualpipe(p, m)``: DualPipe (DeepSeek-V3 report §3.2.1; the order of deepseek-ai/DualPipe's
+  reference schedule). Micro-batches enter from both ends: 0..m/2-1 at rank 0 (rank r runs them on
+  stage r), m/2..m-1 at rank p-1 (rank r runs them on stage p-1-r, ``reverse=True``), so each rank
+  holds two model chunks. Per rank, eight phases (below, :func:`dualpipe`): warm-up forwards of
+  both directions, zero-bubble backwards (``defer_w``: input gradient only, the weight gradient
+  later as a ``wgt`` item), the steady state of *paired* slots, a forward of one direction with a
+  backward of the other, whose ops share the compute stream so each one's all-to-all runs under
+  the other's compute; then the cool-down backwards with the deferred weight gradients filling the
+  bubbles. Needs p even and m even with m >= 2p (as the reference). With op times F, B (input
+  gradient), W (weight gradient) and free communication the bubble is (p/2 - 1)(F&B + B - 3W).
+A paired item carries ``overlap=True``: it runs together with the item just before it. Every
+schedule keeps each micro-batch's forward before its backward (and a deferred weight gradient after
+its backward) on each stage, and every rank runs each (micro-batch, stage, phase) exactly once
+(tests check both).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Literal
 
 from simmoe.errors import InputError
 
-Phase = Literal["fwd", "bwd"]
+Phase = Literal["fwd", "bwd", "wgt"]
 SCHEDULES = ("1f1b", "interleaved", "dualpipe")
 
 
@@ -39,12 +43,26 @@ SCHEDULES = ("1f1b", "interleaved", "dualpipe")
 class Item:
     mb: int  # micro-batch index, 0..m-1
     chunk: int  # model chunk on this rank, 0..v-1 (virtual stage chunk * p + rank)
-    phase: Phase
+    phase: Phase  # "wgt": a weight gradient deferred by an earlier backward with defer_w
     overlap: bool = False  # runs together with the previous item of this rank (a paired slot)
+    defer_w: bool = False  # backward of the input gradient only; its weight gradient is a later wgt
+    reverse: bool = False  # DualPipe's reversed pipeline (fed from rank p-1): stage p-1-rank
 
-    def __repr__(self) -> str:  # compact: F3, B0c1, +F4
+    def __repr__(self) -> str:  # compact: F3, B0c1, +F4, b2 (input gradient only), W2, F9r
         c = f"c{self.chunk}" if self.chunk else ""
-        return f"{'+' if self.overlap else ''}{self.phase[0].upper()}{self.mb}{c}"
+        tag = "b" if self.defer_w else self.phase[0].upper()
+        return f"{'+' if self.overlap else ''}{tag}{self.mb}{c}{'r' if self.reverse else ''}"
+
+
+def virtual_stage(it: Item, p: int, rank: int) -> int:
+    """The virtual stage an item of pipeline rank ``rank`` runs: ``chunk * p + rank``, or on
+    DualPipe's reversed pipeline ``p - 1 - rank`` (stage s of it lives on rank p - 1 - s)."""
+    return p - 1 - rank if it.reverse else it.chunk * p + rank
+
+
+def stage_rank(stage: int, p: int, reverse: bool) -> int:
+    """Pipeline rank that runs virtual ``stage`` (of the reversed pipeline when ``reverse``)."""
+    return p - 1 - stage % p if reverse else stage % p
 
 
 def _check(p: int, m: int, field_p: str = "parallelism.pp") -> None:
@@ -105,17 +123,96 @@ def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
     return out
 
 
-def overlapped_1f1b(p: int, m: int) -> list[list[Item]]:
-    """DualPipe-style pairing: steady-state forward of micro-batch i+w with backward of i."""
+def dualpipe(p: int, m: int) -> list[list[Item]]:
+    """DualPipe, bidirectional, in the order of deepseek-ai/DualPipe's reference schedule.
+
+    Rank r with h = min(r, p-1-r) calls "near" the direction in which it sits in the first half of
+    the pipeline (for r < p/2 the one fed from rank 0, stage r; else the reversed one, stage
+    p-1-r) and "far" the other. With n = m/2 micro-batches per direction, P = p/2:
+
+    1. 2(P-h-1) forwards near;            2. h+1 times: forward near, forward far;
+    3. P-h-1 times: backward far with its weight gradient deferred, that weight gradient, forward far;
+    4. n-p+h+1 times: pair (forward near, backward far), pair (forward far, backward near) (the
+       middle ranks run their first near forward and far backward unpaired);
+    5. P-h-1 times: backward far, pair (forward far, backward near);
+    6. h+1 times: backward far, backward near (the second half of them defer their weight gradients);
+    7. P-h-1 times: a deferred weight gradient, backward near (deferred);
+    8. the remaining h+1 weight gradients.
+
+    Backwards within a direction follow its forwards' order; deferred weight gradients run first
+    in, first out.
+    """
     _check(p, m)
+    if p < 2 or p % 2:
+        raise InputError("DualPipe feeds micro-batches from both ends of the pipeline and needs an "
+                         "even pp >= 2", field="parallelism.pp", value=p, allowed="an even pp >= 2")
+    if m % 2 or m < 2 * p:
+        raise InputError(f"DualPipe needs an even number of micro-batches per step, at least 2 x "
+                         f"pp = {2 * p} (got {m} micro-batches)", field="training.global_batch",
+                         value=m,
+                         allowed=f"global_batch / (micro_batch * dp) even and >= {2 * p}")
+    n, half = m // 2, p // 2
     out = []
     for r in range(p):
-        warm = min(p - r, m)
-        items = [Item(i, 0, "fwd") for i in range(warm)]
-        for k in range(m - warm):
-            # Backward first in the pair: it is on the critical path; the forward fills its gaps.
-            items += [Item(k, 0, "bwd"), Item(warm + k, 0, "fwd", overlap=True)]
-        items += [Item(k, 0, "bwd") for k in range(m - warm, m)]
+        h = min(r, p - 1 - r)
+        middle = h == half - 1
+        # Direction 0 is fed from rank 0 (micro-batches 0..n-1), 1 from rank p-1 (n..m-1).
+        near, far = (0, 1) if r < half else (1, 0)
+        next_f = [0, n]
+        next_b = [0, n]
+        deferred: list[Item] = []  # weight gradients waiting, first in first out
+        items: list[Item] = []
+
+        def fwd(d: int, overlap: bool = False) -> None:
+            items.append(Item(next_f[d], 0, "fwd", overlap=overlap, reverse=d == 1))
+            next_f[d] += 1
+
+        def bwd(d: int, defer: bool = False, overlap: bool = False) -> None:
+            it = Item(next_b[d], 0, "bwd", overlap=overlap, defer_w=defer, reverse=d == 1)
+            next_b[d] += 1
+            items.append(it)
+            if defer:
+                deferred.append(Item(it.mb, 0, "wgt", reverse=it.reverse))
+
+        def wgt() -> None:
+            items.append(deferred.pop(0))
+
+        for _ in range(2 * (half - h - 1)):  # 1
+            fwd(near)
+        for _ in range(h + 1):  # 2
+            fwd(near)
+            fwd(far)
+        for _ in range(half - h - 1):  # 3
+            bwd(far, defer=True)
+            wgt()
+            fwd(far)
+        for i in range(n - p + h + 1):  # 4
+            if i == 0 and middle:
+                # The reference runs these two unpaired on the middle ranks to shorten the bubble.
+                fwd(near)
+                bwd(far)
+            else:
+                fwd(near)
+                bwd(far, overlap=True)
+            fwd(far)
+            bwd(near, overlap=True)
+        for _ in range(half - h - 1):  # 5
+            bwd(far)
+            fwd(far)
+            bwd(near, overlap=True)
+        defer = False
+        for i in range(h + 1):  # 6
+            if i == (h + 1) // 2 and h % 2 == 1:
+                defer = True
+            bwd(far, defer=defer)
+            if i == (h + 1) // 2 and h % 2 == 0:
+                defer = True
+            bwd(near, defer=defer)
+        for _ in range(half - h - 1):  # 7
+            wgt()
+            bwd(near, defer=True)
+        while deferred:  # 8: h + 1 of them
+            wgt()
         out.append(items)
     return out
 
@@ -131,9 +228,9 @@ def build_schedule(name: str, p: int, m: int, v: int = 1) -> list[list[Item]]:
         return interleaved_1f1b(p, m, v)
     if name == "dualpipe":
         if v != 1:
-            raise InputError("the overlapped (dualpipe) schedule runs one model chunk per rank",
-                             field="parallelism.vpp", value=v, allowed="1")
-        return overlapped_1f1b(p, m)
+            raise InputError("DualPipe runs its two model chunks (stages r and pp-1-r) without "
+                             "virtual stages", field="parallelism.vpp", value=v, allowed="1")
+        return dualpipe(p, m)
     raise InputError("unknown pipeline schedule", field="parallelism.schedule", value=name,
                      allowed=", ".join(SCHEDULES))
 
@@ -149,16 +246,22 @@ def slots(items: list[Item]) -> list[tuple[Item, ...]]:
     return out
 
 
-def makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float) -> float:
+def makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float, t_wgt: float = 0.0) -> float:
     """Step time of a schedule with constant op times and free communication (a pure oracle).
 
-    Each rank runs its slots in order; a forward of virtual stage s waits for the forward of s-1,
-    a backward of s for the backward of s+1 (the last stage's for its own forward). The items of a
-    paired slot share the rank's compute stream: the one whose input is ready first runs first.
+    ``t_bwd`` is a whole backward (input and weight gradients), ``t_wgt`` its weight-gradient part:
+    a backward with ``defer_w`` takes ``t_bwd - t_wgt``, its ``wgt`` item ``t_wgt``. Each rank runs
+    its slots in order; a forward of virtual stage s waits for the forward of s-1, a backward of s
+    for the backward of s+1 (the last stage's for its own forward); a weight gradient waits only
+    for the rank's earlier items. A paired slot is one fused chunk, as in DualPipe's reference
+    (inputs of both received, then the overlapped forward-backward, then both outputs sent): it
+    starts when the inputs of all its items are in, takes the sum of their times, and hands every
+    output on at its end.
     """
     p = len(schedule)
     v = 1 + max(it.chunk for items in schedule for it in items)
     stages = p * v
+    dur = {"fwd": t_fwd, "bwd": t_bwd, "wgt": t_wgt}
     done: dict[tuple[str, int, int], float] = {}
     queues = [slots(items) for items in schedule]
     pos = [0] * p
@@ -169,32 +272,26 @@ def makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float) -> float:
         for r in range(p):
             while pos[r] < len(queues[r]):
                 slot = queues[r][pos[r]]
-                starts = []
+                ready = clock[r]
                 ok = True
                 for it in slot:
-                    ready = clock[r]
-                    s = it.chunk * p + r
+                    s = virtual_stage(it, p, r)
                     if it.phase == "fwd":
                         dep = ("fwd", it.mb, s - 1) if s > 0 else None
-                    else:
+                    elif it.phase == "bwd":
                         dep = ("bwd", it.mb, s + 1) if s < stages - 1 else ("fwd", it.mb, s)
+                    else:
+                        dep = None
                     if dep is not None:
                         if dep not in done:
                             ok = False
                             break
                         ready = max(ready, done[dep])
-                    starts.append(ready)
                 if not ok:
                     break
-                # A paired slot shares one compute stream: whichever item can start first runs
-                # first (the backward on a tie), the other follows.
-                order = sorted(zip(starts, range(len(slot))),
-                               key=lambda x: (x[0], slot[x[1]].phase != "bwd"))
-                t = clock[r]
-                for start, i in order:
-                    it = slot[i]
-                    t = max(t, start) + (t_fwd if it.phase == "fwd" else t_bwd)
-                    done[(it.phase, it.mb, it.chunk * p + r)] = t
+                t = ready + sum(dur[it.phase] - (t_wgt if it.defer_w else 0.0) for it in slot)
+                for it in slot:
+                    done[(it.phase, it.mb, virtual_stage(it, p, r))] = t
                 clock[r] = t
                 pos[r] += 1
                 progress = True
