@@ -365,3 +365,11 @@ def test_scenario_not_a_mapping(tmp_path):
 def test_unknown_topology_name(tmp_path):
     path = write(tmp_path, "s.yaml", variant(cluster={"topology": "no-such-topology"}))
     expect(path, "s.yaml", "cluster.topology='no-such-topology'", "topology file not found")
+
+
+def test_dualpipe_needs_an_even_micro_batch_count_of_at_least_2pp(tmp_path, topo):
+    # pp=2 leaves dp=8, so micro_batch*dp = 16 and global_batch 48 gives 3 micro-batches per step.
+    path = write(tmp_path, "s.yaml", variant(parallelism={"pp": 2, "schedule": "dualpipe"},
+                                             training__global_batch=48))
+    expect(path, "training.global_batch=48", "gives 3 micro-batches per step; DualPipe needs an even number, "
+           "at least 2*pp = 4", "a multiple of 32 that is at least 64")

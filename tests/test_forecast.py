@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -299,7 +300,7 @@ class DefaultLike:
         seq_len, global_batch, micro_batch, total_tokens, batch_ramp = 1000, 8, 1, 100_000.0, None
 
     class _P:
-        dp = 2
+        dp, pp, schedule = 2, 1, "1f1b"
 
     class _S:
         seed, steps = 7, 3
@@ -356,3 +357,14 @@ def test_summary_rows_are_per_column_percentiles():
             for i in range(11)]
     p10, p50, p90 = summary_rows(rows)
     assert (p10.kind, p10.sample, p10.time_to_train_s, p50.energy_mwh, p90.cost_usd) == ("p10", -1, 1.0, 5.0, 9.0)
+
+
+def test_ramp_points_respect_the_schedule_and_extrapolate_linearly():
+    from simmoe.forecast.montecarlo import interp_linear, ramp_point_batches
+
+    shape = SimpleNamespace(ramp_batch=np.array([24.0, 48.0]), global_batch=120.0)
+    # DualPipe on 16 stages runs only even counts >= 32: the low point is raised to 32.
+    pts = ramp_point_batches(shape, 1, 2, min_micro_batches=32, micro_batch_multiple=2)
+    assert pts.tolist() == [32, 120]
+    # Below the lowest simulated point the end segment continues (np.interp would hold it flat).
+    assert interp_linear([24.0, 76.0], [32.0, 120.0], [4.0, 12.0]).tolist() == pytest.approx([3.2727, 8.0], rel=1e-4)

@@ -197,6 +197,15 @@ def check_parallelism(s: Scenario) -> list[Problem]:
         out.append(Problem("training.global_batch", t.global_batch,
                            f"is not divisible by micro_batch*dp = {t.micro_batch}*{dp} = {per_step}",
                            f"a multiple of {per_step}"))
+    elif p.schedule == "dualpipe":
+        # Half the micro-batches enter from each end, and the steady phase pairs a forward of one
+        # direction with a backward of the other (simmoe.engine.schedules.dualpipe).
+        micro = t.global_batch // per_step
+        if micro % 2 or micro < 2 * p.pp:
+            out.append(Problem("training.global_batch", t.global_batch,
+                               f"gives {micro} micro-batches per step; DualPipe needs an even number, "
+                               f"at least 2*pp = {2 * p.pp}",
+                               f"a multiple of {2 * per_step} that is at least {2 * p.pp * per_step}"))
     ramp = t.batch_ramp
     if ramp is not None:
         if ramp.start_global_batch > t.global_batch:

@@ -123,6 +123,13 @@ def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
     return out
 
 
+def micro_batch_constraint(schedule: str, pp: int) -> tuple[int, int]:
+    """(minimum, multiple) of the micro-batch counts ``schedule`` can run on ``pp`` stages."""
+    if schedule == "dualpipe":
+        return 2 * pp, 2  # half enter from each end; pairing needs both directions in flight
+    return 1, 1
+
+
 def dualpipe(p: int, m: int) -> list[list[Item]]:
     """DualPipe, bidirectional, in the order of deepseek-ai/DualPipe's reference schedule.
 

@@ -17,6 +17,7 @@ from simmoe.errors import InputError
 from simmoe.forecast import cost, energy, failures
 from simmoe.forecast.montecarlo import SampleTime, StepSource, sample_time
 from simmoe.forecast.records import ForecastRow, summary_rows
+from simmoe.engine.schedules import micro_batch_constraint
 from simmoe.forecast.settings import ForecastSettings, settings_of
 from simmoe.forecast.shape import RunShape, batch_increment_of, run_shape_of
 
@@ -212,11 +213,13 @@ def forecast(scenario, *, tokens: float | None = None, samples: int = DEFAULT_SA
         def source_factory(s: int) -> StepSource:
             return EngineSteps(scenario, seed=s, compute=shared["compute"])
     seeds = [base_seed + k for k in range(samples)]
+    min_mb, mb_multiple = micro_batch_constraint(scenario.parallelism.schedule, scenario.parallelism.pp)
     times = []
     for k, s in enumerate(seeds):
         src = source_factory(s)
         rng = np.random.default_rng([base_seed, k])
         times.append(sample_time(shape, src, steps=n_steps, rng=rng, quantum=batch_increment_of(scenario),
+                                 min_micro_batches=min_mb, micro_batch_multiple=mb_multiple,
                                  ramp_points=ramp_points))
         if isinstance(src, EngineSteps):
             shared["compute"] = src.compute

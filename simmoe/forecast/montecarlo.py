@@ -66,17 +66,38 @@ class SampleTime:
     simulated_steps: int
 
 
-def ramp_point_batches(shape: RunShape, quantum: int, points: int) -> np.ndarray:
+def ramp_point_batches(shape: RunShape, quantum: int, points: int, *, min_micro_batches: int = 1,
+                       micro_batch_multiple: int = 1) -> np.ndarray:
     """Global batches (sequences) the ramp is simulated at: ``points`` evenly spaced in
-    micro-batch count from the first plateau's batch to the full batch, whole micro-batches."""
+    micro-batch count from the first plateau's batch to the full batch, whole micro-batches.
+
+    A schedule may not run every micro-batch count (DualPipe: even, at least 2*pp); points are
+    then raised to the nearest count it runs, and plateaus below the lowest point are
+    extrapolated linearly in micro-batch count (:func:`interp_linear`)."""
     m_lo = shape.ramp_batch[0] / quantum
     m_hi = shape.global_batch / quantum
-    m = np.unique(np.round(np.linspace(m_lo, m_hi, max(2, points))).astype(np.int64))
-    return np.maximum(m, 1) * quantum
+    m = np.round(np.linspace(m_lo, m_hi, max(2, points))).astype(np.int64)
+    m = np.maximum(m, max(1, min_micro_batches))
+    m = -(-m // micro_batch_multiple) * micro_batch_multiple
+    return np.unique(np.minimum(m, int(round(m_hi)))) * quantum
+
+
+def interp_linear(x, xp, fp) -> np.ndarray:
+    """Piecewise-linear interpolation that extrapolates the end segments (np.interp would hold
+    the end values constant, which overstates the step time of a smaller batch)."""
+    x, xp, fp = (np.asarray(v, dtype=np.float64) for v in (x, xp, fp))
+    if len(xp) == 1:
+        return np.full_like(x, fp[0])
+    inner = np.interp(x, xp, fp)
+    lo_slope = (fp[1] - fp[0]) / (xp[1] - xp[0])
+    hi_slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return np.where(x < xp[0], fp[0] + (x - xp[0]) * lo_slope,
+                    np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * hi_slope, inner))
 
 
 def sample_time(shape: RunShape, source: StepSource, *, steps: int, rng: np.random.Generator,
-                quantum: int = 1, ramp_points: int = 2) -> SampleTime:
+                quantum: int = 1, ramp_points: int = 2, min_micro_batches: int = 1,
+                micro_batch_multiple: int = 1) -> SampleTime:
     """One sample's failure-free time to train (module docstring)."""
     total_t = total_ut = total_mt = 0.0
     simulated = 0
@@ -84,7 +105,8 @@ def sample_time(shape: RunShape, source: StepSource, *, steps: int, rng: np.rand
     plateaus = shape.ramp_steps > 0
     if plateaus.any():
         idx, _w = stratified_indices(0, shape.ramp_total_steps, steps, rng)
-        batches = ramp_point_batches(shape, quantum, ramp_points)
+        batches = ramp_point_batches(shape, quantum, ramp_points, min_micro_batches=min_micro_batches,
+                                     micro_batch_multiple=micro_batch_multiple)
         pt_t, pt_u, pt_m = [], [], []
         for b in batches:
             t, u, m = _columns(source.records(int(b), idx))
@@ -95,12 +117,12 @@ def sample_time(shape: RunShape, source: StepSource, *, steps: int, rng: np.rand
         mb = batches / quantum
         m_i = shape.ramp_batch[plateaus] / quantum
         n_i = shape.ramp_steps[plateaus]
-        t_i = np.interp(m_i, mb, pt_t)
+        t_i = interp_linear(m_i, mb, pt_t)
         time_i = n_i * t_i
         ramp_s = float(time_i.sum())
         total_t += ramp_s
-        total_ut += float((time_i * np.interp(m_i, mb, pt_u)).sum())
-        total_mt += float((time_i * np.interp(m_i, mb, pt_m)).sum())
+        total_ut += float((time_i * np.clip(interp_linear(m_i, mb, pt_u), 0.0, 1.0)).sum())
+        total_mt += float((time_i * np.clip(interp_linear(m_i, mb, pt_m), 0.0, 1.0)).sum())
     steady_mean = float("nan")
     if shape.steady_steps > 0:
         lo = shape.ramp_total_steps
