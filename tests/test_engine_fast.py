@@ -1,5 +1,5 @@
 """The engine's fast paths against their plain versions: batched routing draws against one-by-one
-draws, the coflow network (hot links, components, lazy progress) against a dense global max-min
+draws (the same blocks of micro-batches), the coflow network (hot links, components, lazy progress) against a dense global max-min
 re-solve at every event, MoE link-load tables against routed flows, batched expert times."""
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def test_batched_draws_are_the_single_draws(kw):
     # 64 experts over 16 ranks on 4 nodes; 100 tokens per rank keeps some binomial columns.
     g = EPGroup(np.arange(64) // 4, np.arange(16) // 4, 100, 4)
     model = RoutingModel(g, num_layers=3, seed=11, **kw)
-    mbs = [0, 3, 1, 7, 2]
+    mbs = [0, 3, 1, 7, 2, 17, 9]  # three blocks, out of order
     batch = model.draw_batch(5, 2, mbs)
+    single = RoutingModel(g, num_layers=3, seed=11, **kw)  # recomputes every block
     for mb, got in zip(mbs, batch):
-        want = model.draw(5, 2, mb)
+        want = single.draw(5, 2, mb)
         for name in want.__dataclass_fields__:
             a, b = getattr(want, name), getattr(got, name)
             if isinstance(a, np.ndarray):
@@ -46,8 +47,8 @@ def test_batched_draws_are_the_single_draws(kw):
                 assert a == b, name
 
 
-def test_batched_draws_span_several_chunks():
-    # 256 experts x 64 ranks: the batch is cut into chunks of 8 micro-batches.
+def test_batched_draws_span_several_blocks():
+    # DeepSeek-sized: micro-batches come in blocks of DRAW_BLOCK (8) from one stream each.
     g = EPGroup(np.arange(256) // 4, np.arange(64) // 8, 4096, 8)
     model = RoutingModel(g, num_layers=1, seed=2, max_nodes_per_token=4)
     batch = model.draw_batch(0, 0, range(20))

@@ -10,6 +10,7 @@ from simmoe.routing.aggregated import (
     sample_raw,
     token_choice_probabilities,
 )
+from simmoe.routing.block import DRAW_BLOCK, BlockDraws, sample_block
 from simmoe.routing.capacity import (
     CAPACITY_SCOPES,
     EXECUTION_STYLES,
@@ -39,6 +40,7 @@ from simmoe.routing.model import (
     ROUTING_KINDS,
     SAMPLERS,
     RoutingModel,
+    block_rng,
     draw_rng,
     draw_seed_sequence,
 )

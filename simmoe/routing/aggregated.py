@@ -9,7 +9,10 @@ per-token probabilities (:class:`RouteProbabilities`):
   rank's experts merged into one item (exact for Gumbel-top-k, see inclusion.py);
 - ``node_hit_n``: the same for a node.
 
-Then per micro-batch (:func:`sample_raw`), for every source rank with T tokens:
+Then per micro-batch (:func:`sample_raw`, one stream per draw: the plain form, used for expert
+choice and as the reference of the engine's block sampler in simmoe/routing/block.py, which
+computes the same model for a block of micro-batches at once), for every source rank with T
+tokens:
 
 1. counts ``X_se``: independent Binomial(T, pi_e), conditioned on the row sum T*k (the Gaussian
    conditioning ``X + r * d / sum(d)`` with d = T pi (1 - pi) and r the shortfall), its
@@ -167,18 +170,6 @@ def _segment_sum(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
     return cum[:, ends] - cum[:, starts]
 
 
-def _segment_sum_int(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """_segment_sum of integer values (exact whatever the order); one ``reduceat`` pass when the
-    segments are non-empty and tile the columns back to back (EPGroup builds them so)."""
-    seq = np.argsort(starts, kind="stable")
-    s, e = starts[seq], ends[seq]
-    if len(s) == 0 or (e <= s).any() or s[0] != 0 or (s[1:] != e[:-1]).any() or e[-1] != values.shape[1]:
-        return _segment_sum(values, starts, ends)
-    out = np.empty((values.shape[0], len(starts)), dtype=values.dtype)
-    out[:, seq] = np.add.reduceat(values, s, axis=1)
-    return out
-
-
 def _segment_max(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Row-wise max of values[:, start:end] per segment (0 for empty ones). The segments tile the
     columns back to back (EPGroup builds them so), which is what ``reduceat`` needs."""
@@ -317,172 +308,3 @@ def sample_raw(group: EPGroup, probs: RouteProbabilities, rng: np.random.Generat
     else:
         unrouted = np.zeros(ep, dtype=np.int64)
     return RawDraw(counts, distinct, node_distinct, unrouted)
-
-
-# --------------------------------------------------------------------------------------------
-# Many micro-batches at once. Each micro-batch keeps its own random stream, consumed in exactly
-# the order sample_raw consumes it (the shapes never depend on the data), so a batch returns the
-# very draws sample_raw gives one by one; the arithmetic then runs once over a leading batch axis.
-
-
-def _batch_normals(rngs, probs: RouteProbabilities, group: EPGroup, small: np.ndarray,
-                   unrouted: bool) -> dict[str, np.ndarray]:
-    ep, e, t = group.ep, group.num_experts, group.tokens_per_rank
-    b, nodes = len(rngs), group.num_nodes
-    out = {"z_counts": np.empty((b, ep, e)), "u_round": np.empty((b, ep, 1)),
-           "z_rank": np.empty((b, ep, ep)), "u_rank": np.empty((b, ep, ep)),
-           "z_node": np.empty((b, ep, nodes)), "u_node": np.empty((b, ep, nodes)),
-           "unrouted": np.zeros((b, ep), np.int64)}
-    n_small = int(small.sum())
-    if n_small:
-        out["binomial"] = np.empty((b, ep, n_small))
-        p_small = np.broadcast_to(probs.pi[small], (ep, n_small))
-    zc, ur, zr, uk, zn, un = (out[k] for k in ("z_counts", "u_round", "z_rank", "u_rank", "z_node",
-                                              "u_node"))
-    for i, rng in enumerate(rngs):  # written in place: same values as a fresh array of that shape
-        rng.standard_normal(out=zc[i])
-        if n_small:
-            out["binomial"][i] = rng.binomial(t, p_small)
-        rng.random(out=ur[i])
-        rng.standard_normal(out=zr[i])
-        rng.random(out=uk[i])
-        rng.standard_normal(out=zn[i])
-        rng.random(out=un[i])
-        if unrouted:
-            out["unrouted"][i] = rng.binomial(t, probs.unrouted, size=ep)
-    return out
-
-
-def _conditioned_counts_batch(t: int, pi: np.ndarray, z: dict, small: np.ndarray) -> np.ndarray:
-    """_conditioned_counts over a leading batch axis, from pre-drawn normals / uniforms. The same
-    floating-point operations in the same order (in place, to spare memory traffic)."""
-    mean = t * pi
-    d = mean * (1.0 - pi)
-    x = z["z_counts"]  # consumed
-    x *= np.sqrt(d)
-    x += mean
-    if small.any():
-        x[:, :, small] = z["binomial"]
-    total_d = d.sum()
-    target = float(round(t * pi.sum()))
-    if total_d > 0:
-        shortfall = target - x.sum(axis=2, keepdims=True)
-        x += shortfall * (d / total_d)
-        scale = 1.0 / np.sqrt(max(1.0 - (d * d).sum() / total_d**2, 1e-12))
-        x -= mean
-        x *= scale
-        x += mean
-    floor = np.floor(x)
-    x -= floor  # fractional parts
-    cum = np.cumsum(x, axis=2, out=x)
-    u = z["u_round"]
-    cum -= u
-    fc = np.floor(cum, out=cum)  # floor(cum - u); floor(prev - u) is the same shifted one column
-    counts = floor
-    counts += fc
-    counts[:, :, 1:] -= fc[:, :, :-1]
-    counts[:, :, :1] -= np.floor(-u)
-    np.clip(counts, 0, t, out=counts)
-    resid = target - counts.sum(axis=2)
-    for bi, row in zip(*np.nonzero(resid != 0)):  # rare: settle unit by unit, as sample_raw does
-        c = counts[bi, row]
-        r = int(resid[bi, row])
-        order = np.argsort(-(mean - c)) if r > 0 else np.argsort(-c)
-        room = (t - c[order]) if r > 0 else c[order]
-        moved = np.minimum(room, np.maximum(abs(r) - np.concatenate([[0], np.cumsum(room)[:-1]]),
-                                            0))
-        c[order] += np.sign(r) * moved
-    return counts.astype(np.int64)
-
-
-def _coupled_distinct_batch(z: np.ndarray, u: np.ndarray, assigned: np.ndarray,
-                            mean_assigned: np.ndarray, var_assigned: np.ndarray, hit: np.ndarray,
-                            tokens: int, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """_coupled_distinct from pre-drawn normals ``z`` and uniforms ``u`` (any leading axes)."""
-    var_d = tokens * hit * (1.0 - hit)
-    cov = mean_assigned * (1.0 - hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.where(var_assigned > 0, cov / var_assigned, 0.0)
-        beta_max = np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0)
-    beta = np.minimum(beta, beta_max)
-    resid_sd = np.sqrt(np.maximum(var_d - beta * beta * var_assigned, 0.0))
-    x = tokens * hit + beta * (assigned - mean_assigned) + resid_sd * z
-    floor = np.floor(x)
-    rounded = (floor + (u < (x - floor))).astype(np.int64)
-    return np.clip(rounded, lower, upper)
-
-
-# Micro-batches per pass: keeps the (batch, ep, E) temporaries in cache (~1 MB) rather than
-# streaming them through memory.
-_BATCH_ELEMENTS = 1 << 17
-
-
-def sample_raw_batch(group: EPGroup, probs: RouteProbabilities,
-                     rngs: list[np.random.Generator]) -> list[RawDraw]:
-    """``[sample_raw(group, probs, rng) for rng in rngs]`` (token choice), computed at once."""
-    out: list[RawDraw] = []
-    for counts, distinct, node_distinct, unrouted in sample_raw_arrays(group, probs, rngs):
-        out += [RawDraw(counts[i], distinct[i], node_distinct[i], unrouted[i])
-                for i in range(len(counts))]
-    return out
-
-
-def sample_raw_arrays(group: EPGroup, probs: RouteProbabilities, rngs: list[np.random.Generator]):
-    """sample_raw_batch as arrays with a leading micro-batch axis, in chunks: yields
-    (tokens_per_src_expert, tokens_per_src_dst_rank, tokens_per_src_dst_node, unrouted)."""
-    step = max(1, _BATCH_ELEMENTS // (group.ep * group.num_experts))
-    for i in range(0, len(rngs), step):
-        yield _sample_raw_batch(group, probs, rngs[i:i + step])
-
-
-def _sample_raw_batch(group: EPGroup, probs: RouteProbabilities,
-                      rngs: list[np.random.Generator]):
-    ep, t = group.ep, group.tokens_per_rank
-    b = len(rngs)
-    rank_of = group.expert_to_rank
-    pi_rank = np.bincount(rank_of, weights=probs.pi, minlength=ep)
-    d = t * probs.pi * (1.0 - probs.pi)
-    small = d < _NORMAL_MIN_VARIANCE
-    z = _batch_normals(rngs, probs, group, small, probs.unrouted > 0)
-    counts = _conditioned_counts_batch(t, probs.pi, z, small)  # (b, ep, E)
-    d_rank = np.bincount(rank_of, weights=d, minlength=ep)
-    total_d = d.sum()
-    if total_d > 0:
-        scale2 = 1.0 / max(1.0 - (d * d).sum() / total_d**2, 1e-12)
-        var_assigned = scale2 * (d_rank - d_rank**2 / total_d)
-        cov_rank = -scale2 / total_d
-    else:
-        var_assigned, cov_rank = np.zeros(ep), 0.0
-    flat = counts.reshape(b * ep, -1)
-    order = group.expert_order
-    ordered = flat if (order == np.arange(order.size)).all() else flat[:, order]
-    assigned = _segment_sum_int(ordered, group.rank_starts, group.rank_ends)
-    max_expert = _segment_max(ordered, group.rank_starts, group.rank_ends)
-    per_token = np.maximum(probs.max_assignments_per_rank, 1)
-    lower = np.maximum(max_expert, -(-assigned // per_token))
-    upper = np.minimum(assigned, t)
-    distinct = _coupled_distinct_batch(z["z_rank"].reshape(b * ep, ep), z["u_rank"].reshape(b * ep, ep),
-                                       assigned, t * pi_rank, var_assigned, probs.rank_hit, t,
-                                       lower, upper)
-    node_hot = group.node_one_hot
-    rank_seq = np.lexsort((np.arange(ep), group.rank_node_index))
-    n_ends = np.cumsum(group.ranks_per_node)
-    n_starts = n_ends - group.ranks_per_node
-    by_node = distinct if (rank_seq == np.arange(ep)).all() else distinct[:, rank_seq]
-    node_assigned = _segment_sum_int(by_node, n_starts, n_ends)
-    var_d = t * probs.rank_hit * (1.0 - probs.rank_hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.minimum(np.where(var_assigned > 0, t * pi_rank * (1 - probs.rank_hit)
-                                   / var_assigned, 0.0),
-                          np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0))
-    v = beta * d_rank
-    var_node = node_hot.T @ var_d + cov_rank * ((node_hot.T @ v) ** 2 - node_hot.T @ (v * v))
-    mean_node = t * (node_hot.T @ probs.rank_hit)
-    max_rank = _segment_max(by_node, n_starts, n_ends)
-    node_lower = np.maximum(max_rank, -(-node_assigned // np.maximum(group.ranks_per_node, 1)))
-    nodes = group.num_nodes
-    node_distinct = _coupled_distinct_batch(
-        z["z_node"].reshape(b * ep, nodes), z["u_node"].reshape(b * ep, nodes), node_assigned,
-        mean_node, np.maximum(var_node, 0.0), probs.node_hit, t, node_lower,
-        np.minimum(node_assigned, t))
-    return counts, distinct.reshape(b, ep, ep), node_distinct.reshape(b, ep, nodes), z["unrouted"]

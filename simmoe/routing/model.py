@@ -1,9 +1,13 @@
 """RoutingModel: the one object the engine talks to.
 
-``model.draw(step, layer, microbatch, replica)`` returns a :class:`RoutingDraw`. Every draw has its
-own random stream, derived from (seed, step, layer, microbatch, replica) by
-``numpy.random.SeedSequence`` spawn keys, so any draw can be made alone, in any order, and a reduced
-(symmetric) run that simulates one EP replica gets exactly the draws the full run gives replica 0.
+``model.draw(step, layer, microbatch, replica)`` returns a :class:`RoutingDraw`. Draws are keyed by
+(seed, step, layer, microbatch, replica) through ``numpy.random.SeedSequence`` spawn keys, so any
+draw can be made alone, in any order, and a reduced (symmetric) run that simulates one EP replica
+gets exactly the draws the full run gives replica 0. The aggregated token-choice sampler (the
+engine's) draws micro-batches in blocks of ``DRAW_BLOCK`` from one stream per (step, layer,
+replica, block): ``draw(step, layer, mb)`` is micro-batch ``mb % DRAW_BLOCK`` of block
+``mb // DRAW_BLOCK``, and ``draw_batch`` returns the very same draws. The exact and expert-choice
+samplers keep one stream per draw.
 """
 
 from __future__ import annotations
@@ -15,17 +19,15 @@ import numpy as np
 from simmoe.errors import InputError
 from simmoe.routing.aggregated import (
     RouteProbabilities,
-    _segment_sum,
     expert_choice_probabilities,
     sample_raw,
-    sample_raw_arrays,
-    sample_raw_batch,
     token_choice_probabilities,
 )
+from simmoe.routing.block import DRAW_BLOCK, BlockDraws, sample_block
 from simmoe.routing.capacity import CAPACITY_SCOPES, apply_capacity, execution_style, expert_capacity
 from simmoe.routing.drift import DriftPolicy
 from simmoe.routing.draw import RoutingDraw, assemble_draw
-from simmoe.routing.exact import exact_expert_choice, exact_token_choice
+from simmoe.routing.exact import RawDraw, exact_expert_choice, exact_token_choice
 from simmoe.routing.group import EPGroup
 from simmoe.routing.inclusion import weights_for_inclusion
 from simmoe.routing.popularity import (
@@ -48,6 +50,7 @@ AUTO_EXACT_MAX_EXPERTS = 128
 _DOMAIN_POPULARITY = 1
 _DOMAIN_TIE_BREAK = 2
 _DOMAIN_DRAW = 3
+_DOMAIN_BLOCK = 4
 
 
 def _check_index(name: str, value: int) -> int:
@@ -70,8 +73,25 @@ def draw_rng(seed: int, step: int, layer: int, microbatch: int,
                                                                   replica)))
 
 
+def block_rng(seed: int, step: int, layer: int, block: int, replica: int = 0
+              ) -> np.random.Generator:
+    """The random stream of micro-batches ``block * DRAW_BLOCK ...`` of one (step, layer, EP
+    replica), aggregated token choice. SFC64: about twice PCG64's speed for uniforms, and streams
+    seeded by distinct SeedSequence keys are independent all the same."""
+    key = tuple(_check_index(n, v) for n, v in
+                (("step", step), ("layer", layer), ("replica", replica), ("block", block)))
+    ss = np.random.SeedSequence(_check_index("seed", seed), spawn_key=(_DOMAIN_BLOCK,) + key)
+    return np.random.Generator(np.random.SFC64(ss))
+
+
 def _layer_rng(seed: int, domain: int, layer: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(domain, layer)))
+
+
+def _read_only_zeros(*shape: int) -> np.ndarray:
+    z = np.zeros(shape, dtype=np.int64)
+    z.flags.writeable = False  # shared by many draws (nothing unrouted / dropped): none may alter it
+    return z
 
 
 class RoutingModel:
@@ -134,6 +154,10 @@ class RoutingModel:
         else:
             self.expert_choice_capacity = None
         self._cache: dict[tuple[int, int], RouteProbabilities] = {}
+        # The last block drawn by ``draw`` (one-by-one loops over micro-batches reuse it).
+        self._last_block: tuple[tuple, BlockDraws] | None = None
+        self._zeros_ep = _read_only_zeros(group.ep)
+        self._zeros_ep_e = _read_only_zeros(group.ep, group.num_experts)
 
     def _check_node_limit(self, m: int | None) -> int | None:
         if m is None:
@@ -210,8 +234,17 @@ class RoutingModel:
         return probs
 
     # --- draws ---------------------------------------------------------------------------------
+    @property
+    def draws_in_blocks(self) -> bool:
+        """Aggregated token choice: micro-batches drawn DRAW_BLOCK at a time from one stream."""
+        return self.sampler == "aggregated" and self.routing == "token_choice"
+
     def draw(self, step: int, layer: int, microbatch: int = 0, replica: int = 0) -> RoutingDraw:
         layer = self._check_layer(layer)
+        if self.draws_in_blocks:
+            mb = _check_index("microbatch", microbatch)
+            block = self._block(step, layer, mb // DRAW_BLOCK, replica, keep=True)
+            return self._block_draw(block, mb % DRAW_BLOCK)
         rng = draw_rng(self.seed, step, layer, microbatch, replica)
         probs = self.probabilities(step, layer)
         g = self.group
@@ -225,40 +258,53 @@ class RoutingModel:
         return self._finish_draw(raw)
 
     def draw_batch(self, step: int, layer: int, microbatches, replica: int = 0) -> list[RoutingDraw]:
-        """``[draw(step, layer, mb, replica) for mb in microbatches]``, the same draws (each
-        micro-batch keeps its own random stream), computed at once where the sampler allows it
-        (aggregated token choice: one pass of array arithmetic over a micro-batch axis)."""
+        """``[draw(step, layer, mb, replica) for mb in microbatches]``, the same draws, with each
+        block of micro-batches drawn once (aggregated token choice: one pass of array arithmetic
+        over the block's micro-batch axis)."""
         layer = self._check_layer(layer)
         mbs = [_check_index("microbatch", mb) for mb in microbatches]
-        if self.sampler == "exact" or self.routing == "expert_choice":
+        if not self.draws_in_blocks:
             return [self.draw(step, layer, mb, replica) for mb in mbs]
-        rngs = [draw_rng(self.seed, step, layer, mb, replica) for mb in mbs]
-        probs = self.probabilities(step, layer)
-        if self.execution != "dropless":
-            return [self._finish_draw(raw) for raw in sample_raw_batch(self.group, probs, rngs)]
-        out: list[RoutingDraw] = []
-        for arrays in sample_raw_arrays(self.group, probs, rngs):
-            out += self._dropless_batch(*arrays)
+        blocks: dict[int, BlockDraws] = {}
+        out = []
+        for mb in mbs:
+            b = mb // DRAW_BLOCK
+            block = blocks.get(b)
+            if block is None:
+                block = blocks[b] = self._block(step, layer, b, replica, keep=False)
+            out.append(self._block_draw(block, mb % DRAW_BLOCK))
         return out
 
-    def _dropless_batch(self, counts, distinct, node_distinct, unrouted) -> list[RoutingDraw]:
-        """What apply_capacity + assemble_draw give dropless draws (nothing dropped, work = load,
-        dispatch = distinct tokens), for a batch at once; all integer sums, so identical."""
+    def _block(self, step: int, layer: int, block: int, replica: int, *, keep: bool) -> BlockDraws:
+        key = (step, layer, block, replica)
+        if self._last_block is not None and self._last_block[0] == key:
+            return self._last_block[1]
+        rng = block_rng(self.seed, step, layer, block, replica)
+        drawn = sample_block(self.group, self.probabilities(step, layer), rng, DRAW_BLOCK)
+        if keep:
+            self._last_block = (key, drawn)
+        return drawn
+
+    def _block_draw(self, block: BlockDraws, i: int) -> RoutingDraw:
         g = self.group
-        compute = counts.sum(axis=1)  # (b, E)
-        per_rank = _segment_sum(compute[:, g.expert_order], g.rank_starts, g.rank_ends)
-        zeros = np.zeros(counts.shape[1:], dtype=counts.dtype)
-        zeros.flags.writeable = False  # shared by the batch's draws: nothing is ever dropped
-        return [RoutingDraw(
+        counts = block.tokens_per_src_expert[i]
+        distinct = block.tokens_per_src_dst_rank[i]
+        node_distinct = block.tokens_per_src_dst_node[i]
+        if self.execution != "dropless":
+            return self._finish_draw(RawDraw(counts, distinct, node_distinct, self._zeros_ep))
+        # What apply_capacity + assemble_draw give a dropless draw (nothing dropped, work = load,
+        # dispatch = distinct tokens), without the copies: all integer sums, so identical.
+        return RoutingDraw(
             routing=self.routing, execution="dropless", top_k=g.top_k,
             tokens_per_rank=g.tokens_per_rank, capacity=None,
-            tokens_per_src_expert=counts[i], tokens_per_src_dst_rank=distinct[i],
-            tokens_per_src_dst_node=node_distinct[i], unrouted_tokens_per_src=unrouted[i],
-            processed_tokens_per_src_expert=counts[i], dropped_tokens_per_src_expert=zeros,
-            compute_tokens_per_expert=compute[i], compute_tokens_per_rank=per_rank[i],
-            dispatch_tokens_per_src_dst_rank=distinct[i],
-            dispatch_tokens_per_src_dst_node=node_distinct[i],
-        ) for i in range(len(counts))]
+            tokens_per_src_expert=counts, tokens_per_src_dst_rank=distinct,
+            tokens_per_src_dst_node=node_distinct, unrouted_tokens_per_src=self._zeros_ep,
+            processed_tokens_per_src_expert=counts, dropped_tokens_per_src_expert=self._zeros_ep_e,
+            compute_tokens_per_expert=block.tokens_per_expert[i],
+            compute_tokens_per_rank=block.tokens_per_dst_rank[i],
+            dispatch_tokens_per_src_dst_rank=distinct,
+            dispatch_tokens_per_src_dst_node=node_distinct,
+        )
 
     def _finish_draw(self, raw) -> RoutingDraw:
         g = self.group
