@@ -146,12 +146,16 @@ def extrapolate_record(a, b, ma: float, mb: float, m: float, tokens_per_step: fl
 
 
 def m_points_for(scenario, points: Sequence[int] | None):  # noqa: ANN001
-    """The two reduced micro-batch counts, rounded up to multiples of pp for interleaved 1F1B."""
+    """The two reduced micro-batch counts, raised to counts the schedule runs: multiples of pp for
+    interleaved 1F1B; even and at least 2*pp for DualPipe."""
+    from simmoe.engine.schedules import micro_batch_constraint
+
     if not points:
         return None
-    pp = scenario.parallelism.pp
-    step = pp if scenario.parallelism.schedule == "interleaved" else 1
-    ma, mb = (int(math.ceil(p / step) * step) for p in sorted(points)[:2])
+    p_ = scenario.parallelism
+    minimum, multiple = micro_batch_constraint(p_.schedule, p_.pp)
+    step = p_.pp if p_.schedule == "interleaved" else multiple
+    ma, mb = (int(math.ceil(max(p, minimum) / step) * step) for p in sorted(points)[:2])
     return ma, max(mb, ma + step)
 
 

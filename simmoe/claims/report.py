@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from simmoe.atomic import atomic_write, string_metadata, write_parquet_atomic
 from simmoe.claims.result import ClaimResult
 
 PARQUET_COLUMNS = ("claim", "title", "verdict", "metric", "value", "unit", "note", "mode")
@@ -79,34 +79,20 @@ def markdown(results: list[ClaimResult], *, mode: str, command: str, wall_s: flo
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
 def write_parquet(results: list[ClaimResult], path: Path, *, mode: str, metadata: dict[str, str]) -> Path:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = [(r.number, r.title, r.verdict, m.name, float(m.value), m.unit, m.note, mode)
             for r in results for m in r.metrics]
     cols = list(zip(*rows)) if rows else [[] for _ in PARQUET_COLUMNS]
     types = [pa.int64(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.string(), pa.string(), pa.string()]
     schema = pa.schema([pa.field(c, t) for c, t in zip(PARQUET_COLUMNS, types)],
-                       metadata={k.encode(): str(v).encode() for k, v in metadata.items()})
+                       metadata=string_metadata(metadata))
     table = pa.Table.from_arrays([pa.array(list(c), type=t) for c, t in zip(cols, types)], schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_parquet_atomic(table, path)
     return path
 
 

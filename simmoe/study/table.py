@@ -7,10 +7,10 @@ re-simulating)."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from simmoe.atomic import string_metadata, write_parquet_atomic
 
 SCHEMA = "simmoe.study.StudyRow v1"
 
@@ -69,7 +69,6 @@ def rank_rows(rows: list[dict[str, Any]], rank_by: str = "usd_per_million_tokens
 def write_study_parquet(rows: list[Mapping[str, Any]], path: str | Path, metadata: Mapping[str, str]) -> Path:
     """Atomically: a temporary file in the destination folder, fsynced, then os.replace."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,18 +85,9 @@ def write_study_parquet(rows: list[Mapping[str, Any]], path: str | Path, metadat
 
     arrays = [pa.array([clean(r.get(c), t) for r in rows], type=types[t]) for c, t in COLUMNS]
     schema = pa.schema([pa.field(c, types[t]) for c, t in COLUMNS],
-                       metadata={k.encode(): str(v).encode() for k, v in metadata.items()})
+                       metadata=string_metadata(metadata))
     table = pa.Table.from_arrays(arrays, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_parquet_atomic(table, path, fsync=True)
     return path
 
 

@@ -9,13 +9,12 @@ tolerance); a case whose run fails (bad input aside) gets one row per metric wit
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
+from simmoe.atomic import string_metadata, write_parquet_atomic
 from simmoe.errors import InputError
 from simmoe.validation.cases import Case
 from simmoe.validation.runners import run_case
@@ -140,7 +139,6 @@ def write_validation_parquet(rows: list[ValidationRow], path: str | Path, meta: 
     """Write ``rows`` to ``path`` atomically (temporary file beside it, then ``os.replace``), with
     string key-value metadata: the conventions of simmoe.results.write_steps_parquet."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,14 +147,7 @@ def write_validation_parquet(rows: list[ValidationRow], path: str | Path, meta: 
     types = {c: types.get(c, pa.string()) for c in COLUMNS}
     arrays = [pa.array([_clean(getattr(r, c)) for r in rows], type=types[c]) for c in COLUMNS]
     schema = pa.schema([pa.field(c, types[c]) for c in COLUMNS],
-                       metadata={k.encode(): str(v).encode() for k, v in meta.items()})
+                       metadata=string_metadata(meta))
     table = pa.Table.from_arrays(arrays, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_parquet_atomic(table, path)
     return path
