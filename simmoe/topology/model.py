@@ -1,6 +1,6 @@
 """The Topology object: a networkx DiGraph plus flat link arrays and vectorized ECMP routes.
 
-CONTRACT (other modules rely on exactly this; the topology owner implements it):
+Contract (the network, placement and engine rely on exactly this):
 
 Graph nodes carry ``kind`` in {"gpu", "nvswitch", "nic", "switch", "router"}; GPU nodes also carry
 ``gpu_id`` (0..num_gpus-1), ``server`` (server index) and ``nvlink_domain`` (domain index). Every
