@@ -471,16 +471,7 @@ class MaxMinProblem:
                     else:
                         d_load = np.bincount(cols, plain.T.data[pos] * np.repeat(
                             mult[newly] * new_rate, lens), minlength=n_links)
-                    demand -= d_demand
-                    load += d_load
-                    count -= d_count
-                    touched = np.flatnonzero(d_count)
-                    t_count = count[touched]
-                    done = touched[t_count == 0]
-                    demand[done] = 0.0
-                    sat_level[done] = np.inf
-                    busy = touched[t_count > 0]
-                    sat_level[busy] = np.maximum(cap[busy] - load[busy], 0.0) / demand[busy]
+                    _retire(demand, load, count, sat_level, cap, d_demand, d_load, d_count)
                     level = lam
                     continue
                 hit = [cand]
@@ -524,16 +515,7 @@ class MaxMinProblem:
                 m_new, new_rate if m_new is None else m_new * new_rate]
             (d_demand, *rest), d_count = self._link_deltas(newly, weights)
             d_load = d_demand * lam if at_level else rest[0]
-            demand -= d_demand
-            load += d_load
-            count -= d_count
-            touched = np.flatnonzero(d_count)
-            t_count = count[touched]
-            done = touched[t_count == 0]
-            demand[done] = 0.0
-            sat_level[done] = np.inf
-            busy = touched[t_count > 0]
-            sat_level[busy] = np.maximum(cap[busy] - load[busy], 0.0) / demand[busy]
+            _retire(demand, load, count, sat_level, cap, d_demand, d_load, d_count)
             level = lam
 
         return rate
@@ -584,3 +566,18 @@ def _per_class(values, n: int, default: float, name: str) -> np.ndarray:
     if arr.shape != (n,):
         raise ValueError(f"{name} has {arr.size} entries; routes has {n} rows")
     return arr
+
+
+def _retire(demand, load, count, sat_level, cap, d_demand, d_load, d_count) -> None:
+    """Remove newly frozen classes from the links' unfrozen demand (in place) and refresh the level
+    at which each touched link saturates; a link with no unfrozen class left never saturates."""
+    demand -= d_demand
+    load += d_load
+    count -= d_count
+    touched = np.flatnonzero(d_count)
+    t_count = count[touched]
+    done = touched[t_count == 0]
+    demand[done] = 0.0
+    sat_level[done] = np.inf
+    busy = touched[t_count > 0]
+    sat_level[busy] = np.maximum(cap[busy] - load[busy], 0.0) / demand[busy]
