@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simmoe.config import resolve_scenario_dict, validate_scenario_dict
-from simmoe.config.loader import BUILTIN_SCENARIO_DIR, parse_yaml_value
+from simmoe.config.loader import BUILTIN_SCENARIO_DIR
 from simmoe.config.schema import Scenario
+from simmoe.config.yamlfile import read_yaml_mapping, shown_path as _shown
 from simmoe.errors import ConfigError, InputError
 from simmoe.paths import SCENARIO_DIR, resolve_file
 from simmoe.sweep.fields import is_scenario_field, unknown_field_message
@@ -78,32 +77,12 @@ class StudySpec:
                          evaluator=EVALUATOR, points=points, text=self.text, options=self.options)
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _err(path: Path, problem: str, **kw: Any) -> ConfigError:
     return ConfigError(problem, file=_shown(path), **kw)
 
 
 def _read(path: Path) -> tuple[dict, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise _err(path, f"cannot read the study file ({getattr(err, 'strerror', None) or err})",
-                   allowed="a readable UTF-8 YAML file") from None
-    try:
-        data = parse_yaml_value(text)
-    except yaml.YAMLError as err:
-        raise _err(path, f"invalid YAML: {getattr(err, 'problem', None) or str(err).splitlines()[0]}",
-                   allowed="valid YAML (check indentation, colons and quotes)") from None
-    if not isinstance(data, dict):
-        raise _err(path, f"a study file is a mapping, not {type(data).__name__}",
-                   allowed=f"keys {', '.join(STUDY_KEYS)}")
-    return data, text
+    return read_yaml_mapping(path, what="study file", keys=STUDY_KEYS)
 
 
 def _fields(path: Path, section: str, mapping: Any) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from simmoe.config import resolve_scenario_dict, validate_scenario_dict
-from simmoe.config.loader import BUILTIN_SCENARIO_DIR, parse_yaml_value
+from simmoe.config.loader import BUILTIN_SCENARIO_DIR
 from simmoe.config.schema import Scenario
+from simmoe.config.yamlfile import read_yaml_mapping, shown_path as _shown
 from simmoe.errors import ConfigError, InputError
 from simmoe.paths import SCENARIO_DIR, resolve_file
 from simmoe.sweep.fields import is_scenario_field, unknown_field_message
@@ -71,36 +70,13 @@ class SweepSpec:
         return tuple(self.grid)
 
 
-def _shown(path: Path | str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _error(file: Path, problem: str, *, field: str | None = None, value: Any = None, allowed: str | None = None,
            has_value: bool | None = None) -> ConfigError:
     return ConfigError(problem, file=_shown(file), field=field, value=value, allowed=allowed, has_value=has_value)
 
 
 def _read(path: Path) -> tuple[dict, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise _error(path, f"cannot read the sweep file ({getattr(err, 'strerror', None) or err})",
-                     allowed="a readable UTF-8 YAML file") from None
-    try:
-        data = parse_yaml_value(text)  # the scenario loader's YAML rules (1e12 is a float)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = Path(f"{path}:{mark.line + 1}") if mark is not None else path
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise _error(where, f"invalid YAML: {problem}",
-                     allowed="valid YAML (check indentation, colons and quotes)") from None
-    if not isinstance(data, dict):
-        raise _error(path, f"a sweep file is a mapping, not {type(data).__name__}",
-                     allowed=f"keys {', '.join(SWEEP_KEYS)}")
-    return data, text
+    return read_yaml_mapping(path, what="sweep file", keys=SWEEP_KEYS)
 
 
 def _check_field(path: Path, section: str, key: Any) -> str:
