@@ -59,6 +59,46 @@ def test_batched_draws_span_several_blocks():
                                       model.draw(0, 0, mb).dispatch_tokens_per_src_dst_node)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(popularity="uniform"),  # dropless: sliced out of the blocks
+    dict(popularity="zipf", zipf_s=0.8, max_nodes_per_token=2),
+    dict(popularity="zipf", zipf_s=1.2, capacity_factor=1.0),  # padded: stacked draw objects
+    dict(popularity="uniform", routing="expert_choice", capacity_factor=1.0),
+])
+@pytest.mark.parametrize("n", [0, 1, 8, 19])
+def test_layer_draws_are_the_stacked_batch(kw, n):
+    g = EPGroup(np.arange(64) // 4, np.arange(16) // 4, 100, 4)
+    layer = RoutingModel(g, num_layers=3, seed=11, **kw).draw_layer(5, 2, n)
+    batch = RoutingModel(g, num_layers=3, seed=11, **kw).draw_batch(5, 2, range(n))
+    for name in layer._fields:
+        got = getattr(layer, name)
+        assert got.shape[0] == n and got.dtype == np.int64, name
+        for mb, d in enumerate(batch):
+            np.testing.assert_array_equal(got[mb], getattr(d, name), err_msg=name)
+
+
+def test_engine_layer_arrays_keep_the_step():
+    # The coflow engine reads stacked layer arrays (no draw objects); the analytical network reads
+    # the draw objects: both give the draws' statistics, and the step of the plain draws.
+    sc = load_default_scenario()
+    fast = Simulation(sc)
+    res = fast.run_step(0)
+    assert not fast._batch_draws and fast._layer_arr  # the fast path ran
+    plain = Simulation(sc)
+    plain._layer_arrays = lambda step, moe_i: _stacked(plain, step, moe_i)
+    ref = plain.run_step(0)
+    assert res.step_time_s == ref.step_time_s
+    assert res.stats.assignments == ref.stats.assignments
+    assert res.stats.load_max_over_mean == ref.stats.load_max_over_mean
+
+
+def _stacked(sim, step, moe_i):
+    from simmoe.routing.model import LayerDraws
+
+    ds = sim._layer_draws(step, moe_i)
+    return LayerDraws(*(np.stack([getattr(d, f) for d in ds]) for f in LayerDraws._fields))
+
+
 # ----------------------------------------------------------------------------- max-min
 
 

@@ -29,10 +29,12 @@ schedules use one), first in first out; pipeline sends have their own (NCCL p2p)
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Protocol
 
 import simpy
+from simpy.events import Event
 
 from simmoe.engine.program import Program
 from simmoe.engine.schedules import Item, slots, virtual_stage
@@ -85,6 +87,37 @@ class StepTimeline:
         return max(t.finish_s for t in self.timelines)
 
 
+class _Stream:
+    """A first-in first-out stream of capacity one: ``simpy.Resource(env, 1)`` without its
+    bookkeeping, in the same event order (a request made while the stream is free is granted at
+    once; a release frees the stream now and grants the head of the queue when a release event
+    is processed, unless a request made in between granted it first)."""
+
+    __slots__ = ("env", "busy", "queue")
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.busy = False
+        self.queue: deque = deque()
+
+    def request(self) -> Event:
+        ev = Event(self.env)
+        self.queue.append(ev)
+        self._grant(None)
+        return ev
+
+    def _grant(self, _event) -> None:
+        if not self.busy and self.queue:
+            self.busy = True
+            self.queue.popleft().succeed()
+
+    def release(self) -> None:
+        self.busy = False
+        ev = Event(self.env)
+        ev.callbacks.append(self._grant)
+        ev.succeed()
+
+
 class StepEngine:
     """Simulate one training step. ``schedule[s]`` is pp rank s's item list; ``programs`` maps
     (virtual stage, "fwd"|"bwd") to a compiled program, and for schedules that defer weight
@@ -107,7 +140,7 @@ class StepEngine:
         self.timelines = [RankTimeline() for _ in ranks]
         self._signals: dict[tuple, simpy.Event] = {}
         self._rendezvous: dict[Hashable, list] = {}
-        self._comm_stream = [(simpy.Resource(env, 1), simpy.Resource(env, 1)) for _ in ranks]
+        self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
 
     # ------------------------------------------------------------------ public
@@ -268,5 +301,5 @@ class StepEngine:
                 self.network.transfer(req.build()).callbacks.append(lambda _e: done.succeed())
             yield done
         if stream is not None:
-            stream.release(claim)
+            stream.release()
         self.timelines[r.index].comm.append((start, self.env.now, node.label, req.category, phase))

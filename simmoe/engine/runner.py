@@ -32,6 +32,7 @@ from simmoe.network import collectives as coll
 from simmoe.network.coflow import AnalyticalSimNetwork, CoflowFabric, CoflowNetwork, ReplicaSimNetwork
 from simmoe.network.flows import Collective, FlowSet, Stage
 from simmoe.network.params import DEFAULT_NETWORK_PARAMS, NetworkParams
+from simmoe.routing.model import LayerDraws
 from simmoe.routing.popularity import max_over_mean
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp
 
@@ -281,6 +282,7 @@ class Simulation:
         self._layer_vstage: dict[int, int] = {}
         self._draws: dict = {}
         self._batch_draws: dict = {}
+        self._layer_arr: dict = {}
         self.stats = StepStats()
         if not layers:
             return
@@ -342,10 +344,45 @@ class Simulation:
             ds = self._batch_draws[moe_i] = self._routing[moe_i].draw_batch(step, moe_i, range(self.m))
         return ds
 
+    def _layer_arrays(self, step: int, moe_i: int):
+        """The layer's draws of micro-batches 0 .. m-1 as stacked arrays
+        (:class:`simmoe.routing.model.LayerDraws`: compute tokens per expert, dispatch tokens per
+        (source, destination) rank and per (source, destination node)); from the draws when the
+        layer's draw objects are already made, else straight from the routing model's blocks."""
+        got = self._layer_arr.get(moe_i)
+        if got is None:
+            ds = self._batch_draws.get(moe_i)
+            if ds is None and not (self.fidelity == "flow" and self.coflow):
+                ds = self._layer_draws(step, moe_i)  # the other networks use the draw objects
+            if ds is None:
+                got = self._routing[moe_i].draw_layer(step, moe_i, self.m)
+            else:
+                got = LayerDraws(np.stack([d.compute_tokens_per_expert for d in ds]),
+                                 np.stack([d.dispatch_tokens_per_src_dst_rank for d in ds]),
+                                 np.stack([d.dispatch_tokens_per_src_dst_node for d in ds]))
+            self._layer_arr[moe_i] = got
+        return got
+
+    def _count_draw(self, step: int, moe_i: int, mb: int) -> None:
+        """Count a draw's statistics at its first use (as :meth:`_draw`) without making the draw
+        object where the layer's arrays suffice (dropless block draws: work = load)."""
+        if (moe_i, mb) in self._draws:
+            return
+        model = self._routing[moe_i]
+        if mb < self.m and model.draws_in_blocks and model.execution == "dropless":
+            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert[mb]
+            self._draws[(moe_i, mb)] = None  # counted; the object is made on demand
+            self.stats.assignments += int(comp.sum())
+            self.stats.load_max_over_mean.append(max_over_mean(comp))
+        else:
+            self._draw(step, moe_i, mb)
+
     def _draw(self, step: int, moe_i: int, mb: int):
         key = (moe_i, mb)
         d = self._draws.get(key)
-        if d is None:
+        if d is None and key in self._draws:  # counted by _count_draw
+            d = self._draws[key] = self._layer_draws(step, moe_i)[mb]
+        elif d is None:
             d = self._layer_draws(step, moe_i)[mb] if mb < self.m else \
                 self._routing[moe_i].draw(step, moe_i, mb)
             # Statistics are counted at first use, in the engine's order, as before batching.
@@ -396,15 +433,14 @@ class Simulation:
         key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad)
         got = self._static_s.get(key)
         if got is None:
-            ds = self._layer_draws(step, moe_i)
-            comp = np.stack([np.asarray(d.compute_tokens_per_expert) for d in ds])
+            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
             tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
             if op.phase == "bwd":
                 t = np.asarray(_grad_part(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
                                                                   self._dtype(op)), grad), float)
             else:
                 t = np.asarray(self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)), float)
-            t = t.reshape(len(ds), -1)
+            t = t.reshape(comp.shape[0], -1)
             got = self._static_s[key] = (t, t.max(axis=1).tolist())
         if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
             d = self._draw(step, moe_i, mb)
@@ -517,10 +553,9 @@ class Simulation:
             mbs = self._mbs_at.get((s, self._layer_vstage[moe_i]), np.zeros(0, np.int64))
             x = self._a2a_rows.get((moe_i, row))  # the layer's token counts, shared by both directions
             if x is None:
-                ds = self._layer_draws(step, moe_i)
+                arr = self._layer_arrays(step, moe_i)
                 x = self._a2a_rows[(moe_i, row)] = loads.inputs(
-                    np.stack([ds[i].dispatch_tokens_per_src_dst_rank for i in mbs]),
-                    np.stack([ds[i].dispatch_tokens_per_src_dst_node for i in mbs]))
+                    arr.dispatch_tokens_per_src_dst_rank[mbs], arr.dispatch_tokens_per_src_dst_node[mbs])
             engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
             index = {int(b): i for i, b in enumerate(mbs)}
             rows = self._a2a_rows[key] = (self._fabric.moe_rows(loads, x, combine, engine), engine, index)
@@ -566,16 +601,17 @@ class Simulation:
             hier = self.scenario.routing.hierarchical_a2a
 
             def build():
-                d = self._draw(step, moe_i, mb)
                 gpus = self._gpus(ranks)
                 combine = op.collective == "alltoall_combine"
                 if self.fidelity == "flow" and self.coflow:
+                    self._count_draw(step, moe_i, mb)
                     # The coflow network needs only link rows: no flow list is built.
                     (crow, tokens, lat), engine = self._a2a_row(step, moe_i, mb, combine, int(row), gpus, s, hier)
                     total = tokens * op.bytes_per_token
                     return Collective(op="moe_combine" if combine else "moe_dispatch",
                                       gpus=self._gpu_tuple(int(row), gpus), size_bytes=total / len(gpus),
                                       stages=_NO_FLOWS, meta={"engine": engine, "coflow_rows": [(crow, total, lat)]})
+                d = self._draw(step, moe_i, mb)
                 cl = moe_alltoall(gpus, d.dispatch_tokens_per_src_dst_rank, op.bytes_per_token,
                                   server_of_gpu=self._server,
                                   tokens_src_node=d.dispatch_tokens_per_src_dst_node,
@@ -621,6 +657,7 @@ class Simulation:
         self._step = step
         self._draws = {}
         self._batch_draws = {}
+        self._layer_arr = {}
         self._a2a_rows = {}
         self.stats = StepStats()
         # Expert times depend on the step's draws; static times and collectives do not.

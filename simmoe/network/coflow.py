@@ -321,6 +321,8 @@ class CoflowNetwork:
         n_links = len(self.capacity_bytes_per_s)
         self._pot = np.zeros(n_links)  # potential load: sum over coflows of a_cl * rate alone
         self._ncross = np.zeros(n_links, np.int64)  # coflows crossing each link
+        self._mark = np.zeros(n_links, bool)  # scratch of _component (all False between calls)
+        self._dense = np.zeros(n_links)  # scratch of _matrix (all 0 between calls)
         self._slots = 0
         self._grow(16)
         self._free: list[int] = []
@@ -368,10 +370,11 @@ class CoflowNetwork:
     def _grow(self, n: int) -> None:
         old = self._slots
         n_links = len(self.capacity_bytes_per_s)
-        A = np.zeros((n, n_links))
+        # _bits[l, w] bit b: coflow 64 w + b crosses link l (a link's coflows in a few words)
+        bits = np.zeros((n_links, -(-n // 64)), np.uint64)
         if old:
-            A[:old] = self._A
-        self._A = A  # A[j, l]: bytes on link l per byte of coflow j
+            bits[:, :self._bits.shape[1]] = self._bits
+        self._bits = bits
         for name, fill, dtype in (("_rem", 0.0, float), ("_tref", 0.0, float), ("_rate", 0.0, float),
                                   ("_fin", np.inf, float), ("_size", 0.0, float),
                                   ("_active", False, bool), ("_order", 0, np.int64),
@@ -395,7 +398,8 @@ class CoflowNetwork:
         j = self._free.pop()
         now = self.env.now
         self._rows[j], self._cbs[j] = row, callback
-        self._A[j, row.cols] = row.vals
+        col = self._bits[:, j >> 6]
+        col[row.cols] |= np.uint64(1 << (j & 63))
         self._pot[row.cols] += row.vals * row.rate_alone_bytes_per_s
         self._ncross[row.cols] += 1
         self._active[j] = True
@@ -417,7 +421,8 @@ class CoflowNetwork:
         affected: set = set()
         for j in slots:
             row = self._rows[j]
-            self._A[j, row.cols] = 0.0
+            col = self._bits[:, j >> 6]
+            col[row.cols] &= np.uint64(~(1 << (j & 63)) & 0xFFFFFFFFFFFFFFFF)
             self._pot[row.cols] -= row.vals * row.rate_alone_bytes_per_s
             self._ncross[row.cols] -= 1
             lab = int(self._label[j])
@@ -437,31 +442,63 @@ class CoflowNetwork:
         return sorted(affected)
 
     def _component(self, seed: int, allowed: np.ndarray | None) -> tuple[list[int], np.ndarray]:
-        """Slots connected to ``seed`` through shared hot links, and those links."""
+        """Slots connected to ``seed`` through shared hot links, and those links (sorted; not
+        computed for a lone seed, which needs none).
+
+        Breadth-first, one level at a time (the members' order, which the solve's sums follow, is
+        the seed, then each level's new slots in slot order); links already reached are marked in
+        a reused per-link buffer instead of set operations on arrays."""
         members = [seed]
         seen = {seed}
+        mark = self._mark
+        pot, thr, ncross, rows = self._pot, self._thr, self._ncross, self._rows
         links: list[np.ndarray] = []
         frontier = [seed]
-        A = self._A
+        bits = self._bits
         while frontier:
-            hot = np.unique(np.concatenate([self._hot_cols(j) for j in frontier]))
-            if links:
-                hot = hot[~np.isin(hot, np.concatenate(links))]
+            if len(frontier) == 1:
+                cols = rows[frontier[0]].cols
+            else:
+                cols = np.concatenate([rows[j].cols for j in frontier])
+            hot = cols[(pot[cols] >= thr[cols]) & ~mark[cols]]  # new hot links (may repeat)
             frontier = []
             if not len(hot):
                 break
+            mark[hot] = True
             links.append(hot)
-            cross = self._ncross[hot] > 1
-            if not cross.any():
+            hc = hot[ncross[hot] > 1]
+            if not len(hc):
                 continue
-            sub = A[:, hot[cross]]
-            cand = np.flatnonzero((sub > 0).any(axis=1))
-            for j in cand.tolist():
-                if j not in seen and (allowed is None or allowed[j]):
-                    seen.add(j)
-                    members.append(j)
-                    frontier.append(j)
-        return members, (np.unique(np.concatenate(links)) if links else np.zeros(0, np.int64))
+            words = np.bitwise_or.reduce(bits[hc], axis=0).tolist()
+            for w, word in enumerate(words):  # the coflows crossing them, in slot order
+                while word:
+                    low = word & -word
+                    word ^= low
+                    j = 64 * w + low.bit_length() - 1
+                    if j not in seen and (allowed is None or allowed[j]):
+                        seen.add(j)
+                        members.append(j)
+                        frontier.append(j)
+        if not links:
+            return members, np.zeros(0, np.int64)
+        allh = np.concatenate(links) if len(links) > 1 else links[0]
+        if len(members) == 1:  # alone: callers need no links (it runs at its rate alone)
+            mark[allh] = False
+            return members, allh
+        out = np.flatnonzero(mark)  # sorted, distinct
+        mark[allh] = False
+        return members, out
+
+    def _matrix(self, members: list[int], links: np.ndarray) -> np.ndarray:
+        """(members x links) bytes on each link per byte of each member coflow."""
+        out = np.empty((len(members), len(links)))
+        dense = self._dense
+        for i, j in enumerate(members):
+            row = self._rows[j]
+            dense[row.cols] = row.vals
+            out[i] = dense[links]
+            dense[row.cols] = 0.0
+        return out
 
     def _resolve(self, seeds: list[int]) -> None:
         """Re-solve the components holding ``seeds`` (active slots)."""
@@ -477,11 +514,11 @@ class CoflowNetwork:
                     self._comp.pop(lab, None)
             if len(members) == 1:
                 self._label[s] = -1
-                row = self._rows[s]
-                self._set_rates(np.array([s]), np.array([row.rate_alone_bytes_per_s]))
+                self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
                 continue
             m = np.asarray(members)
-            rates = _progressive_filling(self._A[np.ix_(m, links)], self.capacity_bytes_per_s[links])
+            rates = _progressive_filling(self._matrix(members, links),
+                                         self.capacity_bytes_per_s[links])
             self.n_solves += 1
             self._comp_id += 1
             self._comp[self._comp_id] = set(members)
@@ -495,6 +532,15 @@ class CoflowNetwork:
         self._rate[m] = rates
         with np.errstate(divide="ignore", invalid="ignore"):
             self._fin[m] = np.where(rates > 0, now + np.maximum(self._rem[m], 0.0) / rates, np.inf)
+
+    def _set_rate(self, j: int, rate: float) -> None:
+        """:meth:`_set_rates` of one slot with a positive rate, in scalars (same arithmetic)."""
+        now = self.env.now
+        rem = self._rem[j] - self._rate[j] * (now - self._tref[j])
+        self._rem[j] = rem
+        self._tref[j] = now
+        self._rate[j] = rate
+        self._fin[j] = now + max(rem, 0.0) / rate
 
     # ------------------------------------------------------------------ clock
     def _schedule(self) -> None:
@@ -538,10 +584,11 @@ class CoflowNetwork:
             allowed[members] = False
             if len(members) == 1:
                 self._label[s] = -1
-                self._set_rates(np.array([s]), np.array([self._rows[s].rate_alone_bytes_per_s]))
+                self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
                 continue
             m = np.asarray(members)
-            rates = _progressive_filling(self._A[np.ix_(m, links)], self.capacity_bytes_per_s[links])
+            rates = _progressive_filling(self._matrix(members, links),
+                                         self.capacity_bytes_per_s[links])
             self.n_solves += 1
             self._comp_id += 1
             self._comp[self._comp_id] = set(members)

@@ -13,6 +13,7 @@ samplers keep one stream per draw.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,14 @@ _DOMAIN_POPULARITY = 1
 _DOMAIN_TIE_BREAK = 2
 _DOMAIN_DRAW = 3
 _DOMAIN_BLOCK = 4
+
+
+class LayerDraws(NamedTuple):
+    """A layer's draws for micro-batches 0 .. n-1 (:meth:`RoutingModel.draw_layer`)."""
+
+    compute_tokens_per_expert: np.ndarray  # (n, E) int64
+    dispatch_tokens_per_src_dst_rank: np.ndarray  # (n, ep, ep) int64
+    dispatch_tokens_per_src_dst_node: np.ndarray  # (n, ep, nodes) int64
 
 
 def _check_index(name: str, value: int) -> int:
@@ -274,6 +283,37 @@ class RoutingModel:
                 block = blocks[b] = self._block(step, layer, b, replica, keep=False)
             out.append(self._block_draw(block, mb % DRAW_BLOCK))
         return out
+
+    def draw_layer(self, step: int, layer: int, n: int, replica: int = 0) -> LayerDraws:
+        """Micro-batches ``0 .. n-1`` of a layer as stacked arrays (leading axis = micro-batch):
+        what stacking the fields of ``draw_batch(step, layer, range(n), replica)`` gives, the
+        same values. Dropless block draws are copied out of their blocks one block at a time
+        (no per-draw objects; a block is freed before the next is drawn)."""
+        layer = self._check_layer(layer)
+        n = _check_index("n", n)
+        if not (self.draws_in_blocks and self.execution == "dropless") or n == 0:
+            ds = self.draw_batch(step, layer, range(n), replica)
+            g = self.group
+            if not ds:
+                return LayerDraws(np.zeros((0, g.num_experts), np.int64),
+                                  np.zeros((0, g.ep, g.ep), np.int64),
+                                  np.zeros((0, g.ep, g.num_nodes), np.int64))
+            return LayerDraws(np.stack([d.compute_tokens_per_expert for d in ds]),
+                              np.stack([d.dispatch_tokens_per_src_dst_rank for d in ds]),
+                              np.stack([d.dispatch_tokens_per_src_dst_node for d in ds]))
+        out = None
+        for b in range(-(-n // DRAW_BLOCK)):
+            block = self._block(step, layer, b, replica, keep=False)
+            fields = (block.tokens_per_expert, block.tokens_per_src_dst_rank,
+                      block.tokens_per_src_dst_node)
+            if out is None:
+                out = [np.empty((n,) + f.shape[1:], f.dtype) for f in fields]
+            lo = b * DRAW_BLOCK
+            k = min(DRAW_BLOCK, n - lo)
+            for o, f in zip(out, fields):
+                o[lo:lo + k] = f[:k]
+            del block, fields
+        return LayerDraws(*out)
 
     def _block(self, step: int, layer: int, block: int, replica: int, *, keep: bool) -> BlockDraws:
         key = (step, layer, block, replica)
