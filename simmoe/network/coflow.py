@@ -512,18 +512,22 @@ class CoflowNetwork:
                 lab = int(self._label[j])
                 if lab >= 0:
                     self._comp.pop(lab, None)
-            if len(members) == 1:
-                self._label[s] = -1
-                self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
-                continue
-            m = np.asarray(members)
-            rates = _progressive_filling(self._matrix(members, links),
-                                         self.capacity_bytes_per_s[links])
-            self.n_solves += 1
-            self._comp_id += 1
-            self._comp[self._comp_id] = set(members)
-            self._label[m] = self._comp_id
-            self._set_rates(m, rates)
+            self._solve_component(s, members, links)
+
+    def _solve_component(self, s: int, members, links) -> None:
+        """Give the coflows of one connected component their max-min rates (a coflow alone on
+        its links just runs at its stand-alone rate: no solve)."""
+        if len(members) == 1:
+            self._label[s] = -1
+            self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
+            return
+        m = np.asarray(members)
+        rates = _progressive_filling(self._matrix(members, links), self.capacity_bytes_per_s[links])
+        self.n_solves += 1
+        self._comp_id += 1
+        self._comp[self._comp_id] = set(members)
+        self._label[m] = self._comp_id
+        self._set_rates(m, rates)
 
     def _set_rates(self, m: np.ndarray, rates: np.ndarray) -> None:
         now = self.env.now
@@ -582,18 +586,7 @@ class CoflowNetwork:
                 continue
             members, links = self._component(s, allowed)
             allowed[members] = False
-            if len(members) == 1:
-                self._label[s] = -1
-                self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
-                continue
-            m = np.asarray(members)
-            rates = _progressive_filling(self._matrix(members, links),
-                                         self.capacity_bytes_per_s[links])
-            self.n_solves += 1
-            self._comp_id += 1
-            self._comp[self._comp_id] = set(members)
-            self._label[m] = self._comp_id
-            self._set_rates(m, rates)
+            self._solve_component(s, members, links)
 
 
 def _progressive_filling(A: np.ndarray, cap: np.ndarray) -> np.ndarray:
