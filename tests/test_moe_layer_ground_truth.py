@@ -1,0 +1,118 @@
+"""benchmarks/moe_layer_ground_truth.py: a CPU smoke run, the prediction path pinned op by op, the
+routing draw and the measured layer's arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simmoe.calibration import load_compute_model
+from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_layer_ground_truth.py"
+
+
+@pytest.fixture(scope="module")
+def gt():
+    spec = importlib.util.spec_from_file_location("moe_layer_ground_truth", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_cpu_smoke_run_prints_the_table(gt, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "gt.csv"
+    rows = gt.main(["--device", "cpu", "--quick", "--warmup", "1", "--repeats", "3", "--out", str(out)])
+    text = capsys.readouterr()
+    assert "NOT comparable" in text.err and "NOT comparable" in text.out
+    header = text.out.splitlines()[0]
+    for column in ("case", "measured ms", "simmoe ms", "error %"):
+        assert column in header
+    assert [r["case"] for r in rows] == ["d64-E4-top2-balanced", "d64-E4-top2-zipf:1.0"]
+    for r in rows:
+        assert r["measured_ms"] > 0 and r["simmoe_ms"] > 0 and r["measured_fwd_ms"] > 0 and r["simmoe_fwd_ms"] > 0
+        assert r["simmoe_fwd_ms"] < r["simmoe_ms"]
+        assert r["error_pct"] == pytest.approx(100 * (r["simmoe_ms"] - r["measured_ms"]) / r["measured_ms"])
+        assert r["case"] in text.out
+    assert rows[0]["load_max_over_mean"] == 1.0 and rows[1]["load_max_over_mean"] > 1.5
+    import pyarrow.csv as pacsv
+
+    assert pacsv.read_csv(out).num_rows == len(rows)
+
+
+def test_balanced_prediction_is_the_sum_of_the_hand_listed_ops(gt):
+    """The ops of one MoE layer, written out by hand from docs/workload.md; if the builder or the
+    prediction path changes what it sums, this fails."""
+    T, d, E, k, f = 8192, 4096, 64, 8, 2048
+    case = gt.Case(hidden=d, experts=E, top_k=k, routing="balanced", tokens=T, expert_ffn=f)
+    hist = gt.routing_histogram(E, T, k, "balanced")
+    assert hist.tolist() == [T * k // E] * E
+    m = load_compute_model("H100-SXM", None)
+    mem, bf16, fp32 = m.memory_bound_s, 2, 4
+    fwd = (m.gemm_s(T, E, d, "bf16")                                  # router
+           + mem(T * E * fp32 * 2)                                    # softmax + top-k
+           + mem(T * d * bf16 + T * k * d * bf16)                     # permute
+           + m.grouped_gemm_s(hist, 2 * f, d, "bf16")                 # fc1 (gate + up)
+           + mem(T * k * f * bf16 * 3)                                # SwiGLU
+           + m.grouped_gemm_s(hist, d, f, "bf16")                     # fc2
+           + mem(T * k * d * bf16 + T * d * bf16))                    # unpermute
+    bwd = (mem(T * k * d * bf16 + T * d * bf16)                       # unpermute
+           + grouped_gemm_backward_s(m, hist, d, f, "bf16").total_s   # fc2 dgrad + wgrad
+           + mem(T * k * f * bf16 * 5)                                # SwiGLU
+           + grouped_gemm_backward_s(m, hist, 2 * f, d, "bf16").total_s
+           + mem(T * k * d * bf16 + T * d * bf16)                     # permute
+           + mem(T * E * fp32 * 3)                                    # top-k
+           + gemm_backward_s(m, T, E, d, "bf16").total_s)             # router
+    pred = gt.predict(case, hist, m)
+    assert len(pred["per_op"]) == 14
+    assert pred["fwd_s"] == pytest.approx(fwd, rel=1e-12)
+    assert pred["total_s"] == pytest.approx(fwd + bwd, rel=1e-12)
+    # a skewed draw of the same tokens is timed with its own histogram
+    skew = gt.routing_histogram(E, T, k, "zipf:1.0")
+    assert gt.predict(case, skew, m)["total_s"] != pytest.approx(fwd + bwd, rel=1e-6)
+
+
+@pytest.mark.parametrize("experts,top_k", [(8, 2), (64, 8), (256, 8), (4, 3)])
+def test_routing_draw_is_capped_and_distinct_per_token(gt, experts, top_k):
+    T = 512
+    hist = gt.routing_histogram(experts, T, top_k, "zipf:1.0")
+    assert hist.sum() == T * top_k and hist.max() <= T and np.all(np.diff(hist) <= 0)
+    assign = gt.assignment(hist, T, top_k, np.random.default_rng(1))
+    assert assign.shape == (T, top_k)
+    assert all(len(set(row)) == top_k for row in assign.tolist())
+    assert np.bincount(assign.ravel(), minlength=experts).tolist() == hist.tolist()
+
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_layer_computes_the_moe_output(gt, score):
+    """Both grouped kernels give sum over the chosen experts of weight x SwiGLU expert(x)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    T, d, E, k, f = 32, 16, 4, 2, 8
+    case = gt.Case(hidden=d, experts=E, top_k=k, routing="zipf:1.0", tokens=T, expert_ffn=f)
+    hist = gt.routing_histogram(E, T, k, case.routing)
+    assign = gt.assignment(hist, T, k, np.random.default_rng(0))
+    bias = torch.zeros(T, E).scatter_(1, torch.as_tensor(assign), gt.ROUTE_BIAS)
+    x, wr = torch.randn(T, d, dtype=torch.bfloat16), torch.randn(E, d, dtype=torch.bfloat16) / 4
+    w1, w2 = torch.randn(E, 2 * f, d, dtype=torch.bfloat16) / 4, torch.randn(E, d, f, dtype=torch.bfloat16) / 3
+    logits = (x.float() @ wr.float().t()) + bias
+    probs = logits.softmax(-1) if score == "softmax" else logits.sigmoid()
+    want = torch.zeros(T, d)
+    for t in range(T):
+        chosen = [int(e) for e in assign[t]]
+        weights = probs[t, chosen] / (probs[t, chosen].sum() if score == "sigmoid" else 1)
+        for w, e in zip(weights, chosen):
+            gate, up = (w1[e].float() @ x[t].float()).chunk(2)
+            want[t] += w * (w2[e].float() @ (torch.nn.functional.silu(gate) * up))
+    fns = gt._grouped_fns(torch, hist)
+    assert "loop:torch.mm" in fns
+    for name, grouped in fns.items():
+        got = gt.make_layer(torch, case, score, grouped)(x, wr, bias, w1, w2).float()
+        assert torch.allclose(got, want, atol=0.05 * want.abs().max().item()), name
