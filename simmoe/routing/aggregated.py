@@ -290,15 +290,7 @@ def sample_raw(group: EPGroup, probs: RouteProbabilities, rng: np.random.Generat
     n_ends = np.cumsum(group.ranks_per_node)
     n_starts = n_ends - group.ranks_per_node
     node_assigned = _segment_sum(distinct[:, rank_seq], n_starts, n_ends)
-    var_d = t * probs.rank_hit * (1.0 - probs.rank_hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.minimum(np.where(var_assigned > 0, t * pi_rank * (1 - probs.rank_hit)
-                                   / var_assigned, 0.0),
-                          np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0))
-    v = beta * d_rank
-    # Var(B_n) = sum_r Var(D_r) + sum_{r != r'} beta_r beta_r' Cov(A_r, A_r') (A-coupling only).
-    var_node = node_hot.T @ var_d + cov_rank * ((node_hot.T @ v) ** 2 - node_hot.T @ (v * v))
-    mean_node = t * (node_hot.T @ probs.rank_hit)
+    mean_node, var_node = node_moments(node_hot, probs, t, pi_rank, var_assigned, d_rank, cov_rank)
     max_rank = _segment_max(distinct[:, rank_seq], n_starts, n_ends)
     node_lower = np.maximum(max_rank, -(-node_assigned // np.maximum(group.ranks_per_node, 1)))
     node_distinct = _coupled_distinct(rng, node_assigned, mean_node, np.maximum(var_node, 0.0),
@@ -308,3 +300,19 @@ def sample_raw(group: EPGroup, probs: RouteProbabilities, rng: np.random.Generat
     else:
         unrouted = np.zeros(ep, dtype=np.int64)
     return RawDraw(counts, distinct, node_distinct, unrouted)
+
+
+def node_moments(node_hot, probs, t: int, pi_rank, var_assigned, d_rank, cov_rank):
+    """Mean and variance of B_n, the distinct tokens a source sends to node n, with B_n the sum of
+    the node's per-rank distinct counts D_r (each coupled to its assignments A_r with slope beta_r).
+    Shared by the per-draw and the block sampler so the two stay one model."""
+    var_d = t * probs.rank_hit * (1.0 - probs.rank_hit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = np.minimum(np.where(var_assigned > 0, t * pi_rank * (1 - probs.rank_hit)
+                                   / var_assigned, 0.0),
+                          np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0))
+    v = beta * d_rank
+    # Var(B_n) = sum_r Var(D_r) + sum_{r != r'} beta_r beta_r' Cov(A_r, A_r') (A-coupling only).
+    var_node = node_hot.T @ var_d + cov_rank * ((node_hot.T @ v) ** 2 - node_hot.T @ (v * v))
+    mean_node = t * (node_hot.T @ probs.rank_hit)
+    return mean_node, var_node

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simmoe.routing.aggregated import RouteProbabilities
+from simmoe.routing.aggregated import RouteProbabilities, node_moments
 from simmoe.routing.group import EPGroup
 
 # Micro-batches per random stream. Part of what a seed means: changing it changes every draw.
@@ -310,14 +310,7 @@ def sample_block(group: EPGroup, probs: RouteProbabilities, rng: np.random.Gener
     node_lower = np.ceil(node_assigned / group.ranks_per_node[:, None])
     np.maximum(node_lower, _segment_max(by_node, n_starts, n_ends), out=node_lower)
     node_hot = group.node_one_hot
-    var_d = t * probs.rank_hit * (1.0 - probs.rank_hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.minimum(np.where(var_assigned > 0, t * pi_rank * (1 - probs.rank_hit)
-                                   / var_assigned, 0.0),
-                          np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0))
-    v = beta * d_rank
-    var_node = node_hot.T @ var_d + cov_rank * ((node_hot.T @ v) ** 2 - node_hot.T @ (v * v))
-    mean_node = t * (node_hot.T @ probs.rank_hit)
+    mean_node, var_node = node_moments(node_hot, probs, t, pi_rank, var_assigned, d_rank, cov_rank)
     node_distinct = _coupled_distinct(z[:, n_exp + ep:], u[:, 1 + ep:], node_assigned, mean_node,
                                       np.maximum(var_node, 0.0), probs.node_hit, t, node_lower,
                                       np.minimum(node_assigned, t),
