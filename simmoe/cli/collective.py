@@ -42,7 +42,7 @@ def _format_bytes(size: float) -> str:
 
 
 def run_collective(topology_path: str, op: str, gpus: int, size_text: str,
-                   backend: str = "flow") -> dict:
+                   backend: str = "flow", algorithm: str = "ring") -> dict:
     """Parse, build, time; returns the summary the command prints."""
     from simmoe.network import collectives
     from simmoe.network.backends import BACKENDS, make_backend
@@ -63,10 +63,11 @@ def run_collective(topology_path: str, op: str, gpus: int, size_text: str,
         raise InputError("GPU count does not fit the topology", field="--gpus", value=gpus,
                          allowed=f"{minimum}..{topo.num_gpus} (GPUs in {path.name})")
     group = list(range(gpus))  # the first N GPUs: whole nodes first, as a job scheduler would
-    coll = collectives.build(op, group, size, server_of_gpu=topo.server_of_gpu)
+    coll = collectives.build(op, group, size, server_of_gpu=topo.server_of_gpu,
+                             algorithm=algorithm, nvlink_domain_of_gpu=topo.nvlink_domain_of_gpu)
     result = make_backend(backend, topo).collective_time_s(coll)
     out = result.as_dict()
-    out.update({"topology": str(path), "bus_factor": coll.bus_factor})
+    out.update({"topology": str(path), "bus_factor": coll.bus_factor, "algorithm": algorithm})
     return out
 
 
@@ -83,14 +84,17 @@ def register(app: typer.Typer) -> None:
                                  "--bytes: 4096, 256MiB, 1GiB, 2GB."),
         backend: str = typer.Option("flow", "--backend",
                                     help="flow (max-min fair flows) or analytical."),
+        algorithm: str = typer.Option("ring", "--algorithm",
+                                      help="ring, or nvls (NVLink SHARP all-reduce inside one "
+                                      "NVLink domain), as NCCL_ALGO."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Time one collective and print time, algbw and busbw as nccl-tests does."""
-        out = run_collective(topology, op, gpus, size, backend)
+        out = run_collective(topology, op, gpus, size, backend, algorithm)
         if as_json:
             print(json.dumps(out))
             return
-        print(f"{out['op']} over {out['n_gpus']} GPUs, {_format_bytes(out['size_bytes'])} per "
+        print(f"{out['op']} ({out['algorithm']}) over {out['n_gpus']} GPUs, {_format_bytes(out['size_bytes'])} per "
               f"rank, {out['backend']} backend ({out['topology']})")
         print(f"  time   {out['time_s'] * 1e3:10.3f} ms  (latency {out['latency_s'] * 1e6:.1f} us)")
         print(f"  algbw  {out['algbw_GBps']:10.2f} GB/s")

@@ -14,6 +14,12 @@ Flow decompositions (docs/network.md has the derivations):
   reduce-scatter and all-gather (n-1)/n * S, n-1 steps. Multi-node rings use one channel per
   local rank and alternate direction node by node, so every inter-node hop stays on one rail
   and every NIC carries exactly one channel each way.
+- NVLS all-reduce (NVLink SHARP, one NVLink domain): each GPU owns 1/n of the buffer; the switch
+  reads that shard from all n GPUs, reduces it and returns it (multimem.ld_reduce), then the owner
+  multicasts the result (multimem.st), which the switch writes to all n GPUs. Per GPU port:
+  S + S/n out and S/n + S in, i.e. S(n+1)/n each way (ring: 2S(n-1)/n). As flows: every ordered
+  pair carries S(n+1)/(n(n-1)), which loads each port exactly that much; 2 latency steps; the
+  ``nvls`` transport engine (NCCL's NVLS efficiency, simmoe.network.params).
 - p2p (nccl-tests sendrecv): rank i sends S to rank (i + n/2) mod n.
 
 Nothing here knows about links or bandwidth: GPUs are global ids, nodes come from the caller
@@ -31,6 +37,8 @@ from simmoe.network.flows import Collective, FlowSet, Stage
 
 OPS = ("alltoall", "alltoallv", "allreduce", "reduce_scatter", "all_gather", "p2p",
        "hierarchical_alltoall")
+# NCCL_ALGO values simmoe models; NVLS only for all-reduce inside one NVLink domain.
+ALGORITHMS = ("ring", "nvls")
 
 
 
@@ -226,6 +234,31 @@ def allreduce(gpus: Sequence[int], size_bytes: float, *,
                             server_of_gpu)
 
 
+def nvls_allreduce(gpus: Sequence[int], size_bytes: float, *,
+                   nvlink_domain_of_gpu: np.ndarray) -> Collective:
+    """NVLS all-reduce: in-switch reduction and multicast, S(n+1)/n per GPU port each way."""
+    g = as_gpu_ids(gpus)
+    size = _check_size(size_bytes)
+    n = len(g)
+    domains = np.unique(np.asarray(nvlink_domain_of_gpu)[g])
+    if len(domains) > 1:
+        raise InputError("NVLS all-reduce runs inside one NVLink domain (across domains NCCL "
+                         "runs NVLS_TREE, which simmoe does not model)", field="gpus",
+                         value=f"{n} GPUs in {len(domains)} NVLink domains",
+                         allowed="GPUs of one NVLink domain, or algorithm ring")
+    if n < 2:
+        raise InputError("NVLS all-reduce needs at least 2 GPUs", field="gpus", value=n,
+                         allowed=">= 2")
+    src, dst = np.repeat(g, n), np.tile(g, n)
+    off_diagonal = src != dst
+    per_pair = size * (n + 1) / (n * (n - 1))
+    flows = FlowSet(src[off_diagonal], dst[off_diagonal],
+                    np.full(n * (n - 1), per_pair)).without_empty()
+    return Collective(op="allreduce", gpus=tuple(int(x) for x in g), size_bytes=size,
+                      stages=(Stage(flows, 2),), bus_factor=bus_factor("allreduce", n),
+                      meta={"engine": "nvls", "algorithm": "nvls"})
+
+
 def reduce_scatter(gpus: Sequence[int], size_bytes: float, *,
                    server_of_gpu: np.ndarray | None = None) -> Collective:
     """Ring reduce-scatter over a size_bytes input: (n-1)/n * S per rank, n-1 steps."""
@@ -265,8 +298,20 @@ def p2p(gpus: Sequence[int], size_bytes: float, *,
 
 
 def build(op: str, gpus: Sequence[int], size_bytes: float, *,
-          server_of_gpu: np.ndarray | None = None) -> Collective:
-    """Build a uniform collective by name (the CLI's --op)."""
+          server_of_gpu: np.ndarray | None = None, algorithm: str = "ring",
+          nvlink_domain_of_gpu: np.ndarray | None = None) -> Collective:
+    """Build a uniform collective by name (the CLI's --op and --algorithm)."""
+    if algorithm not in ALGORITHMS:
+        raise InputError("unknown collective algorithm", field="algorithm", value=algorithm,
+                         allowed=", ".join(ALGORITHMS))
+    if algorithm == "nvls":
+        if op != "allreduce":
+            raise InputError("simmoe models NVLS for all-reduce only", field="algorithm",
+                             value=f"nvls with op {op}", allowed="ring, or op allreduce")
+        if nvlink_domain_of_gpu is None:
+            raise InputError("NVLS all-reduce needs NVLink-domain membership",
+                             field="nvlink_domain_of_gpu")
+        return nvls_allreduce(gpus, size_bytes, nvlink_domain_of_gpu=nvlink_domain_of_gpu)
     if op == "alltoall":
         return alltoall(gpus, size_bytes)
     if op == "alltoallv":

@@ -10,12 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# NCCL's Hopper NVLS efficiency: the in-switch (NVLink SHARP) path moves payload at 0.85 of what
+# NCCL's copy-based algorithms reach on the same NVLink ports (NVIDIA/nccl src/graph/tuning.cc,
+# ``nvlsEfficiency``: Hopper 0.85, Blackwell 0.74; docs/network.md).
+NVLS_EFFICIENCY_HOPPER = 0.85
+NVLINK_EFFICIENCY_NCCL = 0.82
+
+
 @dataclass(frozen=True)
 class NetworkParams:
     # Fraction of a link's line rate that collective payload achieves at large messages (protocol
     # headers, flow control, NCCL's LL128/Simple framing). Values and their sources: docs/network.md.
     link_efficiency: dict[str, float] = field(default_factory=lambda: {
-        "nvlink": 0.82,
+        "nvlink": NVLINK_EFFICIENCY_NCCL,
         "pcie": 0.80,
         "ib-ndr": 0.97,
         "ib-hdr": 0.97,
@@ -29,9 +36,11 @@ class NetworkParams:
     # figures above). A collective names its engine in meta["engine"]; classes not listed keep
     # link_efficiency. DeepEP's normal kernels copy NVLink payload with a fixed SM budget (24 SMs)
     # and reach about 0.64 of NVLink line rate (DeepEP V2 README, B200 EP8 at 24 SMs); sources in
-    # docs/network.md.
+    # docs/network.md. NCCL's NVLS all-reduce (in-switch reduction + multicast) runs at NCCL's
+    # NVLink rate times its Hopper NVLS efficiency.
     engine_link_efficiency: dict[str, dict[str, float]] = field(default_factory=lambda: {
         "deepep": {"nvlink": 0.64},
+        "nvls": {"nvlink": NVLINK_EFFICIENCY_NCCL * NVLS_EFFICIENCY_HOPPER},
     })
     # Software + launch latency paid once per sequential step of a collective (NCCL's alpha).
     step_latency_s: float = 5e-6

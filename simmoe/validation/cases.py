@@ -52,8 +52,7 @@ class CollectiveRun(_Facts):
     op: Literal["alltoall", "allreduce", "reduce_scatter", "all_gather", "p2p"]
     gpus: PosInt
     bytes: str  # nccl-tests' size: 4GiB, 256MiB, 1e9
-    # The algorithm NCCL ran (NCCL_ALGO). simmoe times rings only; another algorithm is reported
-    # as a model gap (the ring time is shown), never silently re-labelled.
+    # The algorithm NCCL ran (NCCL_ALGO); nvls: all-reduce inside one NVLink domain.
     algorithm: Literal["ring", "nvls"] = "ring"
 
 

@@ -65,12 +65,10 @@ def run_collective(case: Case, spec: CollectiveRun) -> Outcome:
         raise InputError("GPU count does not fit the topology", file=case.file, field="run.collective.gpus",
                          value=spec.gpus, allowed=f"1..{topo.num_gpus}")
     size = parse_size_bytes(spec.bytes, field="run.collective.bytes")
-    coll = C.build(spec.op, range(spec.gpus), size, server_of_gpu=topo.server_of_gpu)
+    coll = C.build(spec.op, range(spec.gpus), size, server_of_gpu=topo.server_of_gpu,
+                   algorithm=spec.algorithm, nvlink_domain_of_gpu=topo.nvlink_domain_of_gpu)
     res = FlowBackend(topo, _network_params()).collective_time_s(coll)
     notes = []
-    if spec.algorithm != "ring" and spec.op == "allreduce":
-        notes.append(f"simmoe has no {spec.algorithm.upper()} model (in-switch reduction); "
-                     "the simulated value is its ring all-reduce")
     inter = _internode_bytes_per_gpu(coll, topo.server_of_gpu)
     return Outcome({"busbw_GBps": res.busbw_GBps, "algbw_GBps": res.algbw_GBps, "time_s": res.time_s,
                     "nic_GBps": inter / res.time_s / 1e9}, notes)
