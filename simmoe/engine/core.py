@@ -2,8 +2,9 @@
 
 One SimPy process per simulated pipeline rank walks that rank's schedule (simmoe.engine.schedules).
 Each schedule item runs a compiled program (simmoe.engine.program): compute nodes in order on the
-rank's compute stream, collectives as their own processes on the rank's communication stream,
-handed to ONE network backend (simmoe.network.simnet.SimNetwork, or the analytical stand-in) that
+rank's compute stream, collectives as their own tasks (callbacks on SimPy events, in the event
+order a process per collective would have) on the rank's communication stream, handed to ONE
+network backend (simmoe.network.simnet.SimNetwork, or the analytical stand-in) that
 owns every in-flight flow, so EP all-to-all, DP reduce-scatter and PP sends of all ranks contend
 for the same links.
 
@@ -24,17 +25,18 @@ the rank runs the once-per-step program (gradient reduction, optimizer). The ste
 ranks do.
 
 Communication streams: one per rank and pipeline direction (DualPipe's two directions; the other
-schedules use one), first in first out; pipeline sends have their own (NCCL p2p).
+schedules use one), first in first out; pipeline sends have their own (NCCL p2p). The compute
+stream a paired slot shares is the same kind of stream with priorities (backward first).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Callable, Hashable, Protocol
 
 import simpy
-from simpy.events import Event
+from simpy.events import URGENT, Event
 
 from simmoe.engine.program import Program
 from simmoe.engine.schedules import Item, slots, virtual_stage
@@ -88,34 +90,113 @@ class StepTimeline:
 
 
 class _Stream:
-    """A first-in first-out stream of capacity one: ``simpy.Resource(env, 1)`` without its
-    bookkeeping, in the same event order (a request made while the stream is free is granted at
-    once; a release frees the stream now and grants the head of the queue when a release event
-    is processed, unless a request made in between granted it first)."""
+    """A stream of capacity one: ``simpy.PriorityResource(env, 1)`` without its bookkeeping, in the
+    same event order (requests are served by priority, lower first, then first come first served;
+    a request made while the stream is free is granted at once; a release frees the stream now
+    and grants the head of the queue when a release event is processed, unless a request made in
+    between granted it first). With one priority it is first in first out."""
 
-    __slots__ = ("env", "busy", "queue")
+    __slots__ = ("env", "busy", "queue", "_seq")
 
     def __init__(self, env: simpy.Environment) -> None:
         self.env = env
         self.busy = False
-        self.queue: deque = deque()
+        self.queue: list = []  # heap of (priority, arrival number, event)
+        self._seq = 0
 
-    def request(self) -> Event:
+    def request(self, priority: int = 0) -> Event:
         ev = Event(self.env)
-        self.queue.append(ev)
+        heappush(self.queue, (priority, self._seq, ev))
+        self._seq += 1
         self._grant(None)
         return ev
 
     def _grant(self, _event) -> None:
         if not self.busy and self.queue:
             self.busy = True
-            self.queue.popleft().succeed()
+            heappop(self.queue)[2].succeed()
 
     def release(self) -> None:
         self.busy = False
+        if not self.queue:
+            # Nobody waits: the release event would find the stream busy again (a request made
+            # before it is processed is granted at once) or the queue still empty, and do
+            # nothing; leaving it out keeps every other event's order.
+            return
         ev = Event(self.env)
         ev.callbacks.append(self._grant)
         ev.succeed()
+
+
+class _CommTask:
+    """One collective node of a program, run by callbacks with the events a SimPy process running
+    it would have (an urgent start event, then: wait for its inputs, claim its communication
+    stream, hand the collective to the network, release the stream), so the event order is the
+    same, without a generator and a Process per collective. ``done`` is what the process event
+    was: it triggers (normal priority) when the collective is done and the stream released."""
+
+    __slots__ = ("eng", "r", "key", "prog", "k", "mb", "events", "phase", "lane", "gate",
+                 "req", "stream", "start", "done")
+
+    def __init__(self, eng: "StepEngine", r: SimRank, key: tuple, prog: Program, k: int, mb: int,
+                 events: list, phase: str, lane: int, gate) -> None:
+        self.eng, self.r, self.key, self.prog, self.k, self.mb = eng, r, key, prog, k, mb
+        self.events, self.phase, self.lane, self.gate = events, phase, lane, gate
+        env = eng.env
+        self.done = Event(env)
+        start = Event(env)  # what simpy.events.Initialize does for a process
+        start._ok, start._value = True, None
+        start.callbacks.append(self._begin)
+        env.schedule(start, URGENT)
+
+    def _begin(self, _event) -> None:
+        events = self.events
+        waits = [events[d] for d in self.prog.nodes[self.k].deps
+                 if events[d] is not None and not events[d].processed]
+        gate = self.gate
+        if gate is not None and not gate.processed:
+            waits.append(gate)
+        if len(waits) == 1:
+            waits[0].callbacks.append(self._claim)
+        elif waits:
+            self.eng.env.all_of(waits).callbacks.append(self._claim)
+        else:
+            self._claim(None)
+
+    def _claim(self, _event) -> None:
+        eng, r = self.eng, self.r
+        req = self.req = eng.resolver.node_collective(r, self.key, self.prog, self.k, self.mb)
+        if req.category == "pp":
+            self.stream = None
+            self._send(None)
+        else:
+            self.stream = eng._comm_stream[r.index][self.lane]
+            self.stream.request().callbacks.append(self._send)
+
+    def _send(self, _event) -> None:
+        eng, req = self.eng, self.req
+        self.start = eng.env.now
+        if req.rendezvous is None or req.members <= 1:
+            eng.network.transfer(req.build()).callbacks.append(self._finish)
+            return
+        slot = eng._rendezvous.get(req.rendezvous)
+        if slot is None:
+            slot = eng._rendezvous[req.rendezvous] = [0, eng.env.event()]
+        slot[0] += 1
+        done = slot[1]
+        if slot[0] == req.members:
+            del eng._rendezvous[req.rendezvous]
+            eng.network.transfer(req.build()).callbacks.append(lambda _e: done.succeed())
+        done.callbacks.append(self._finish)
+
+    def _finish(self, _event) -> None:
+        if self.stream is not None:
+            self.stream.release()
+        eng = self.eng
+        eng.timelines[self.r.index].comm.append((self.start, eng.env.now,
+                                                 self.prog.nodes[self.k].label, self.req.category,
+                                                 self.phase))
+        self.done.succeed()
 
 
 class StepEngine:
@@ -171,7 +252,7 @@ class StepEngine:
                 yield from self._item(r, it, None, None)
             else:
                 if gpu is None:
-                    gpu = simpy.PriorityResource(self.env, 1)
+                    gpu = _Stream(self.env)
                 waits = [w for w in (self._input(r, it) for it in slot)
                          if w is not None and not w.processed]
                 if waits:
@@ -238,8 +319,8 @@ class StepEngine:
 
     def _program(self, r: SimRank, key: tuple, prog: Program, mb: int, gpu, phase: str,
                  lane: int = 0, computed=None):
-        """Run a program's compute nodes here, its collectives as processes on communication
-        stream ``lane`` (pipeline sends also wait for ``computed`` when given). Returns one entry
+        """Run a program's compute nodes here, its collectives as tasks on communication stream
+        ``lane`` (pipeline sends also wait for ``computed`` when given). Returns one entry
         per node: the completion event of a collective, None for compute (done on return)."""
         env = self.env
         tl = self.timelines[r.index]
@@ -247,8 +328,8 @@ class StepEngine:
         priority = 0 if phase == "bwd" else 1
         for k, node in enumerate(prog.nodes):
             if node.kind == "comm":
-                ev = env.process(self._comm(r, key, prog, k, mb, events, phase, lane,
-                                            computed if k in prog.p2p_nodes else None))
+                ev = _CommTask(self, r, key, prog, k, mb, events, phase, lane,
+                               computed if k in prog.p2p_nodes else None).done
                 events[k] = ev
                 self._outstanding[r.index].append(ev)
                 continue
@@ -259,10 +340,10 @@ class StepEngine:
                 yield env.all_of(waits)
             dur, expert = self.resolver.node_time_s(r, key, prog, k, mb)
             if gpu is not None:
-                with gpu.request(priority=priority) as req:
-                    yield req
-                    start = env.now
-                    yield env.timeout(dur)
+                yield gpu.request(priority)
+                start = env.now
+                yield env.timeout(dur)
+                gpu.release()
             else:
                 start = env.now
                 yield env.timeout(dur)
@@ -271,35 +352,3 @@ class StepEngine:
             if phase == "step":
                 tl.step_compute_s += dur
         return events
-
-    def _comm(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int, events: list,
-              phase: str, lane: int, gate):
-        node = prog.nodes[k]
-        waits = [events[d] for d in node.deps if events[d] is not None and not events[d].processed]
-        if gate is not None and not gate.processed:
-            waits.append(gate)
-        if len(waits) == 1:
-            yield waits[0]
-        elif waits:
-            yield self.env.all_of(waits)
-        req = self.resolver.node_collective(r, key, prog, k, mb)
-        stream = None if req.category == "pp" else self._comm_stream[r.index][lane]
-        if stream is not None:
-            claim = stream.request()
-            yield claim
-        start = self.env.now
-        if req.rendezvous is None or req.members <= 1:
-            yield self.network.transfer(req.build())
-        else:
-            slot = self._rendezvous.get(req.rendezvous)
-            if slot is None:
-                slot = self._rendezvous[req.rendezvous] = [0, self.env.event()]
-            slot[0] += 1
-            done = slot[1]
-            if slot[0] == req.members:
-                del self._rendezvous[req.rendezvous]
-                self.network.transfer(req.build()).callbacks.append(lambda _e: done.succeed())
-            yield done
-        if stream is not None:
-            stream.release()
-        self.timelines[r.index].comm.append((start, self.env.now, node.label, req.category, phase))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol
 
 import numpy as np
@@ -229,6 +230,7 @@ class Simulation:
         self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
         self._ep_gpu_tuples: dict = {}
+        self._requests: dict = {}
 
     # ------------------------------------------------------------------ ranks
     def _setup_ranks(self) -> None:
@@ -423,6 +425,22 @@ class Simulation:
             return float(c.gemm_s(m, op.n, op.k, self._dtype(op)))
         return 0.0
 
+    def _layer_gemm_times(self, step: int, moe_i: int, op: ExpertGemmOp):
+        """A grouped GEMM of a MoE layer timed on every EP rank for micro-batches 0 .. m-1 in one
+        call of the compute model: (micro-batches, ep) seconds forward, their BackwardTimes
+        backward (timed once: the input- and weight-gradient programs take their parts)."""
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase)
+        got = self._static_s.get(key)
+        if got is None:
+            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
+            tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
+            if op.phase == "bwd":
+                got = grouped_gemm_backward_s(self.compute, tokens, op.n, op.k, self._dtype(op))
+            else:
+                got = self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op))
+            self._static_s[key] = got
+        return got
+
     def _expert_times(self, step: int, op: ExpertGemmOp, mb: int,
                       grad: str = "both") -> tuple[np.ndarray, float]:
         """((ep,) seconds of this grouped GEMM on each EP rank of the group, their max). One call
@@ -433,14 +451,9 @@ class Simulation:
         key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad)
         got = self._static_s.get(key)
         if got is None:
-            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
-            tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
-            if op.phase == "bwd":
-                t = np.asarray(_grad_part(grouped_gemm_backward_s(self.compute, tokens, op.n, op.k,
-                                                                  self._dtype(op)), grad), float)
-            else:
-                t = np.asarray(self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)), float)
-            t = t.reshape(comp.shape[0], -1)
+            times = self._layer_gemm_times(step, moe_i, op)
+            t = np.asarray(_grad_part(times, grad) if op.phase == "bwd" else times, float)
+            t = t.reshape(len(t), -1)
             got = self._static_s[key] = (t, t.max(axis=1).tolist())
         if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
             d = self._draw(step, moe_i, mb)
@@ -568,6 +581,15 @@ class Simulation:
         return rows[0][i], rows[1]
 
     def node_collective(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int) -> CommRequest:
+        ck = (r.index, key, k)
+        make = self._requests.get(ck)
+        if make is None:
+            make = self._requests[ck] = self._request_maker(r, key, prog, k)
+        return make(mb)
+
+    def _request_maker(self, r: SimRank, key: tuple, prog: Program, k: int) -> Callable[[int], CommRequest]:
+        """micro-batch -> the CommRequest of one communication node of one rank's program (what
+        does not depend on the micro-batch is worked out once per step)."""
         op = prog.ops[prog.nodes[k].ops[0]]
         dim = op.group
         g = r.global_rank
@@ -590,19 +612,19 @@ class Simulation:
                     cl.meta["cache_key"] = skey
                     self._static_coll[skey] = cl
                 return cl
-            return CommRequest(build, "pp")
+            req = CommRequest(build, "pp")
+            return lambda mb: req
         row = self._row_of(dim)[g]
         members = 1 if self.reduce else len(self.layout.groups(dim)[row])
-        rv = None if members == 1 else (dim, int(row), key, mb, k)
         ranks = self.layout.groups(dim)[row]
         if op.collective in ("alltoall_dispatch", "alltoall_combine"):
             moe_i = self.moe_index[op.layer]
-            step = self._step
             hier = self.scenario.routing.hierarchical_a2a
+            gpus = self._gpus(ranks)
+            combine = op.collective == "alltoall_combine"
+            category = "combine" if combine else "dispatch"
 
-            def build():
-                gpus = self._gpus(ranks)
-                combine = op.collective == "alltoall_combine"
+            def build(step: int, mb: int):
                 if self.fidelity == "flow" and self.coflow:
                     self._count_draw(step, moe_i, mb)
                     # The coflow network needs only link rows: no flow list is built.
@@ -618,8 +640,11 @@ class Simulation:
                                   hierarchical=hier, combine=combine,
                                   engine="deepep" if hier else None)
                 return self._finish(cl, "ep", s, hier)
-            return CommRequest(build, "dispatch" if op.collective == "alltoall_dispatch" else "combine",
-                               rv, members)
+
+            def request(mb: int) -> CommRequest:
+                rv = None if members == 1 else (dim, int(row), key, mb, k)
+                return CommRequest(partial(build, self._step, mb), category, rv, members)
+            return request
         skey = (op.collective, dim, int(row), op.size_bytes)
 
         def build():
@@ -641,7 +666,11 @@ class Simulation:
                 cl.meta["cache_key"] = skey
                 self._static_coll[skey] = cl
             return cl
-        return CommRequest(build, COMM_CATEGORY.get(dim, "other"), rv, members)
+        category = COMM_CATEGORY.get(dim, "other")
+        if members == 1:
+            req = CommRequest(build, category)
+            return lambda mb: req
+        return lambda mb: CommRequest(build, category, (dim, int(row), key, mb, k), members)
 
     # ------------------------------------------------------------------ steps
     def run_step(self, step: int) -> StepResult:
@@ -659,6 +688,7 @@ class Simulation:
         self._batch_draws = {}
         self._layer_arr = {}
         self._a2a_rows = {}
+        self._requests = {}  # (rank, program key, node) -> micro-batch -> CommRequest
         self.stats = StepStats()
         # Expert times depend on the step's draws; static times and collectives do not.
         self._static_s = {k: v for k, v in self._static_s.items() if k[0] != "x"}

@@ -35,7 +35,8 @@ What keeps the coflow network fast (all exact up to floating-point rounding):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,6 +65,11 @@ class CoflowRow:
     cols: np.ndarray  # int64 link ids, vals > 0 only
     vals: np.ndarray
     rate_alone_bytes_per_s: float
+    # vals x rate alone: what the coflow adds to each link's potential load while in flight
+    potential: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "potential", self.vals * self.rate_alone_bytes_per_s)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,7 @@ class CoflowFabric:
 
     def moe_rows(self, loads: "MoeLinkLoads", x: np.ndarray, combine: bool, engine: str | None
                  ) -> list[tuple[CoflowRow | None, float, float]]:
-        """Per micro-batch (rows of ``x = loads.inputs(tokens_src_dst, tokens_src_node)``):
+        """Per micro-batch (columns of ``x = loads.inputs(tokens_src_dst, tokens_src_node)``):
         (row, total tokens, route latency) of a dispatch (or combine). Rows are per byte, so one
         serves every bytes-per-token."""
         cols, frac, latency, total = loads.loads_batch(None, None, combine, x)
@@ -265,18 +271,21 @@ class MoeLinkLoads:
         return used, K, np.concatenate(lats), np.concatenate(weights)
 
     def inputs(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None) -> np.ndarray:
-        """(batch, inputs) float token counts: what :meth:`loads_batch` multiplies (build it once
-        for both directions)."""
+        """(inputs, batch) float token counts, one column per micro-batch: what
+        :meth:`loads_batch` multiplies (build it once for both directions). Laid out so that the
+        sparse product reads it as it is (a (batch, inputs) array would be transposed into a
+        copy on every product)."""
         t = np.asarray(tokens_src_dst)
         if t.ndim == 2:
             t = t[None]
         b = t.shape[0]
+        n_pairs = t[0].size
         if not self.hier:
-            return t.reshape(b, -1).astype(np.float64)
+            return t.reshape(b, -1).T.astype(np.float64, order="C")
         tn = np.asarray(tokens_src_node).reshape(b, -1)
-        x = np.empty((b, t[0].size + tn.shape[1]))
-        x[:, :t[0].size] = t.reshape(b, -1)
-        x[:, t[0].size:] = tn
+        x = np.empty((n_pairs + tn.shape[1], b))
+        x[:n_pairs] = t.reshape(b, -1).T
+        x[n_pairs:] = tn.T
         return x
 
     def loads_batch(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
@@ -288,9 +297,9 @@ class MoeLinkLoads:
         if x is None:
             x = self.inputs(tokens_src_dst, tokens_src_node)
         used, K, lat, weight = self._tables[combine]
-        load = np.asarray(K @ x.T).T  # (batch, used links), in tokens
-        total = x @ weight
-        latency = np.max(np.where(x > 0, lat[None, :], 0.0), axis=1)
+        load = np.asarray(K @ x).T  # (batch, used links), in tokens
+        total = weight @ x  # whole token counts: exact in any summation order
+        latency = np.max(np.where(x > 0, lat[:, None], 0.0), axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             load /= np.where(total > 0, total, np.inf)[:, None]
         return used, load, latency, total
@@ -305,7 +314,12 @@ class MoeLinkLoads:
 
 
 class CoflowNetwork:
-    """All in-flight collective stages as coflows, max-min fair on the links (module doc)."""
+    """All in-flight collective stages as coflows, max-min fair on the links (module doc).
+
+    Per-link state (potential load, which coflows cross a link) lives in numpy arrays over all
+    links; per-coflow state (remaining bytes, rate, finish time, ...) in plain lists indexed by
+    slot: a handful of coflows are in flight at a time, and scalar Python on them is cheaper than
+    numpy calls on short arrays (the arithmetic is the same, element by element)."""
 
     def __init__(self, env: simpy.Environment, topology=None,
                  params: NetworkParams = DEFAULT_NETWORK_PARAMS, *,
@@ -320,13 +334,21 @@ class CoflowNetwork:
         self._thr = fabric.hot_threshold
         n_links = len(self.capacity_bytes_per_s)
         self._pot = np.zeros(n_links)  # potential load: sum over coflows of a_cl * rate alone
-        self._ncross = np.zeros(n_links, np.int64)  # coflows crossing each link
         self._mark = np.zeros(n_links, bool)  # scratch of _component (all False between calls)
         self._dense = np.zeros(n_links)  # scratch of _matrix (all 0 between calls)
-        self._slots = 0
-        self._grow(16)
-        self._free: list[int] = []
-        self._n_active = 0
+        # _bits[w, l] bit b: coflow 64 w + b crosses link l (a link's coflows in a few words)
+        self._bits = np.zeros((0, n_links), np.uint64)
+        self._rows: list[CoflowRow | None] = []
+        self._cbs: list = []
+        self._rem: list[float] = []  # bytes left at time _tref
+        self._tref: list[float] = []
+        self._rate: list[float] = []
+        self._fin: list[float] = []  # projected finish time at the current rate
+        self._size: list[float] = []
+        self._order: list[int] = []  # start sequence number (finish callbacks run in this order)
+        self._label: list[int] = []  # component id, -1 when alone
+        self._live: set[int] = set()  # active slots
+        self._free: list[int] = []  # free slots, the next one last
         self._seq = 0
         self._comp: dict[int, set] = {}  # component id -> slots
         self._comp_id = 0
@@ -367,83 +389,88 @@ class CoflowNetwork:
             self._schedule()
 
     # ------------------------------------------------------------------ state
-    def _grow(self, n: int) -> None:
-        old = self._slots
-        n_links = len(self.capacity_bytes_per_s)
-        # _bits[l, w] bit b: coflow 64 w + b crosses link l (a link's coflows in a few words)
-        bits = np.zeros((n_links, -(-n // 64)), np.uint64)
-        if old:
-            bits[:, :self._bits.shape[1]] = self._bits
-        self._bits = bits
-        for name, fill, dtype in (("_rem", 0.0, float), ("_tref", 0.0, float), ("_rate", 0.0, float),
-                                  ("_fin", np.inf, float), ("_size", 0.0, float),
-                                  ("_active", False, bool), ("_order", 0, np.int64),
-                                  ("_label", -1, np.int64)):
-            arr = np.full(n, fill, dtype=dtype)
-            if old:
-                arr[:old] = getattr(self, name)
-            setattr(self, name, arr)
-        self._rows = (self._rows if old else []) + [None] * (n - old)
-        self._cbs = (self._cbs if old else []) + [None] * (n - old)
-        self._free = list(range(n - 1, old - 1, -1)) + (self._free if old else [])
-        self._slots = n
+    def _grow(self) -> None:
+        """Double the slots (16 at first); new slots are handed out lowest first."""
+        old = len(self._rows)
+        n = max(16, 2 * old)
+        words = -(-n // 64)
+        if words > self._bits.shape[0]:
+            bits = np.zeros((words, self._bits.shape[1]), np.uint64)
+            bits[:self._bits.shape[0]] = self._bits
+            self._bits = bits
+        add = n - old
+        self._rows += [None] * add
+        self._cbs += [None] * add
+        for name, fill in (("_rem", 0.0), ("_tref", 0.0), ("_rate", 0.0), ("_fin", np.inf),
+                           ("_size", 0.0), ("_order", 0), ("_label", -1)):
+            getattr(self, name).extend([fill] * add)
+        self._free = list(range(n - 1, old - 1, -1)) + self._free
 
-    def _hot_cols(self, j: int) -> np.ndarray:
-        cols = self._rows[j].cols
-        return cols[self._pot[cols] >= self._thr[cols]]
+    def _crossing(self, links: np.ndarray) -> list[int]:
+        """The slots crossing any of ``links``, as bit words (bit b of word w: slot 64 w + b)."""
+        return np.bitwise_or.reduce(self._bits[:, links], axis=1).tolist()
 
     def _add(self, row: CoflowRow, total_bytes: float, callback) -> None:
         if not self._free:
-            self._grow(2 * self._slots)
+            self._grow()
         j = self._free.pop()
         now = self.env.now
+        cols = row.cols
         self._rows[j], self._cbs[j] = row, callback
-        col = self._bits[:, j >> 6]
-        col[row.cols] |= np.uint64(1 << (j & 63))
-        self._pot[row.cols] += row.vals * row.rate_alone_bytes_per_s
-        self._ncross[row.cols] += 1
-        self._active[j] = True
+        own = 1 << (j & 63)
+        word = self._bits[j >> 6]
+        word[cols] |= np.uint64(own)
+        pot = self._pot[cols]
+        pot += row.potential
+        self._pot[cols] = pot
+        self._live.add(j)
         self._order[j] = self._seq
         self._seq += 1
         self._rem[j], self._size[j], self._tref[j] = total_bytes, total_bytes, now
-        self._n_active += 1
-        hot = self._hot_cols(j)
-        if len(hot) and (self._ncross[hot] == 1).all():
-            # Alone on every link that can bind: its rate alone, nobody else affected.
+        hot = cols[pot >= self._thr[cols]]
+        crossing = self._crossing(hot)
+        if crossing[j >> 6] == own and sum(crossing) == own:
+            # Alone on every link that can bind (and there is one): its rate alone, nobody else
+            # affected.
             r = row.rate_alone_bytes_per_s
             self._rate[j], self._fin[j], self._label[j] = r, now + total_bytes / r, -1
             return
         self._rate[j], self._fin[j] = 0.0, np.inf
-        self._resolve([j])
+        members, links = self._component(j, None, (hot, crossing))
+        for m in members:  # the components it joins dissolve into this one
+            lab = self._label[m]
+            if lab >= 0:
+                self._comp.pop(lab, None)
+        self._solve_component(j, members, links)
 
     def _remove(self, slots: list[int]) -> list[int]:
         """Drop finished coflows; returns the other members of their components (to re-solve)."""
         affected: set = set()
         for j in slots:
             row = self._rows[j]
-            col = self._bits[:, j >> 6]
-            col[row.cols] &= np.uint64(~(1 << (j & 63)) & 0xFFFFFFFFFFFFFFFF)
-            self._pot[row.cols] -= row.vals * row.rate_alone_bytes_per_s
-            self._ncross[row.cols] -= 1
-            lab = int(self._label[j])
+            word = self._bits[j >> 6]
+            word[row.cols] &= np.uint64(~(1 << (j & 63)) & 0xFFFFFFFFFFFFFFFF)
+            self._pot[row.cols] -= row.potential
+            lab = self._label[j]
             if lab >= 0:
                 members = self._comp.pop(lab, None)
                 if members:
                     affected |= members
-            self._active[j] = False
+            self._live.discard(j)
             self._rows[j] = None
             self._cbs[j] = None
             self._fin[j] = np.inf
             self._rate[j] = 0.0
             self._label[j] = -1
             self._free.append(j)
-            self._n_active -= 1
         affected -= set(slots)
         return sorted(affected)
 
-    def _component(self, seed: int, allowed: np.ndarray | None) -> tuple[list[int], np.ndarray]:
+    def _component(self, seed: int, allowed: set | None, first: tuple | None = None
+                   ) -> tuple[list[int], np.ndarray]:
         """Slots connected to ``seed`` through shared hot links, and those links (sorted; not
-        computed for a lone seed, which needs none).
+        computed for a lone seed, which needs none). ``first``: the seed's hot links and
+        :meth:`_crossing` of them, when the caller has them already.
 
         Breadth-first, one level at a time (the members' order, which the solve's sums follow, is
         the seed, then each level's new slots in slot order); links already reached are marked in
@@ -451,31 +478,33 @@ class CoflowNetwork:
         members = [seed]
         seen = {seed}
         mark = self._mark
-        pot, thr, ncross, rows = self._pot, self._thr, self._ncross, self._rows
+        pot, thr, rows = self._pot, self._thr, self._rows
         links: list[np.ndarray] = []
         frontier = [seed]
-        bits = self._bits
         while frontier:
-            if len(frontier) == 1:
-                cols = rows[frontier[0]].cols
+            if first is not None:  # the seed's level: no link is marked yet
+                hot, words = first
+                first = None
             else:
-                cols = np.concatenate([rows[j].cols for j in frontier])
-            hot = cols[(pot[cols] >= thr[cols]) & ~mark[cols]]  # new hot links (may repeat)
+                if len(frontier) == 1:
+                    cols = rows[frontier[0]].cols
+                else:
+                    cols = np.concatenate([rows[j].cols for j in frontier])
+                hot = cols[(pot[cols] >= thr[cols]) & ~mark[cols]]  # new hot links (may repeat)
+                words = None
             frontier = []
             if not len(hot):
                 break
             mark[hot] = True
             links.append(hot)
-            hc = hot[ncross[hot] > 1]
-            if not len(hc):
-                continue
-            words = np.bitwise_or.reduce(bits[hc], axis=0).tolist()
+            if words is None:
+                words = self._crossing(hot)
             for w, word in enumerate(words):  # the coflows crossing them, in slot order
                 while word:
                     low = word & -word
                     word ^= low
                     j = 64 * w + low.bit_length() - 1
-                    if j not in seen and (allowed is None or allowed[j]):
+                    if j not in seen and (allowed is None or j in allowed):
                         seen.add(j)
                         members.append(j)
                         frontier.append(j)
@@ -500,20 +529,6 @@ class CoflowNetwork:
             dense[row.cols] = 0.0
         return out
 
-    def _resolve(self, seeds: list[int]) -> None:
-        """Re-solve the components holding ``seeds`` (active slots)."""
-        done: set = set()
-        for s in seeds:
-            if s in done or not self._active[s]:
-                continue
-            members, links = self._component(s, None)
-            done.update(members)
-            for j in members:  # merged components dissolve into this one
-                lab = int(self._label[j])
-                if lab >= 0:
-                    self._comp.pop(lab, None)
-            self._solve_component(s, members, links)
-
     def _solve_component(self, s: int, members, links) -> None:
         """Give the coflows of one connected component their max-min rates (a coflow alone on
         its links just runs at its stand-alone rate: no solve)."""
@@ -521,36 +536,28 @@ class CoflowNetwork:
             self._label[s] = -1
             self._set_rate(s, self._rows[s].rate_alone_bytes_per_s)
             return
-        m = np.asarray(members)
         rates = _progressive_filling(self._matrix(members, links), self.capacity_bytes_per_s[links])
         self.n_solves += 1
         self._comp_id += 1
         self._comp[self._comp_id] = set(members)
-        self._label[m] = self._comp_id
-        self._set_rates(m, rates)
-
-    def _set_rates(self, m: np.ndarray, rates: np.ndarray) -> None:
-        now = self.env.now
-        self._rem[m] -= self._rate[m] * (now - self._tref[m])
-        self._tref[m] = now
-        self._rate[m] = rates
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._fin[m] = np.where(rates > 0, now + np.maximum(self._rem[m], 0.0) / rates, np.inf)
+        for j, rate in zip(members, rates.tolist()):
+            self._label[j] = self._comp_id
+            self._set_rate(j, rate)
 
     def _set_rate(self, j: int, rate: float) -> None:
-        """:meth:`_set_rates` of one slot with a positive rate, in scalars (same arithmetic)."""
+        """Account slot j's progress at its old rate up to now, then give it ``rate``."""
         now = self.env.now
         rem = self._rem[j] - self._rate[j] * (now - self._tref[j])
         self._rem[j] = rem
         self._tref[j] = now
         self._rate[j] = rate
-        self._fin[j] = now + max(rem, 0.0) / rate
+        self._fin[j] = now + max(rem, 0.0) / rate if rate > 0 else np.inf
 
     # ------------------------------------------------------------------ clock
     def _schedule(self) -> None:
-        t = float(self._fin.min()) if self._n_active else np.inf
-        if t == self._timer_at or not np.isfinite(t):
-            if not np.isfinite(t):
+        t = min(map(self._fin.__getitem__, self._live)) if self._live else np.inf
+        if t == self._timer_at or not math.isfinite(t):
+            if not math.isfinite(t):
                 self._timer_at = np.inf
             return
         self._timer_at = t
@@ -563,14 +570,14 @@ class CoflowNetwork:
             return  # superseded by a later schedule
         self._timer_at = np.inf
         now = self.env.now
-        act = self._active
-        rem = self._rem - self._rate * (now - self._tref)
-        fin = act & ((rem <= DONE_RTOL * self._size) | np.isinf(self._rate) | (self._fin <= now))
-        finished = np.flatnonzero(fin)
-        if len(finished):
-            finished = finished[np.argsort(self._order[finished])]
+        rem, rate, tref, size, fin = self._rem, self._rate, self._tref, self._size, self._fin
+        finished = [j for j in self._live
+                    if rem[j] - rate[j] * (now - tref[j]) <= DONE_RTOL * size[j]
+                    or math.isinf(rate[j]) or fin[j] <= now]
+        if finished:
+            finished.sort(key=self._order.__getitem__)
             cbs = [self._cbs[j] for j in finished]
-            affected = self._remove(finished.tolist())
+            affected = self._remove(finished)
             if affected:
                 self._resolve_split(affected)
             for cb in cbs:
@@ -579,13 +586,15 @@ class CoflowNetwork:
 
     def _resolve_split(self, affected: list[int]) -> None:
         """Components that lost members may split: re-solve each piece of what is left."""
-        allowed = np.zeros(self._slots, bool)
-        allowed[affected] = True
+        allowed = set(affected)
         for s in affected:
-            if not allowed[s]:
+            if s not in allowed:
                 continue
+            if len(allowed) == 1:  # the last one left can only be alone: no search
+                self._solve_component(s, [s], None)
+                break
             members, links = self._component(s, allowed)
-            allowed[members] = False
+            allowed.difference_update(members)
             self._solve_component(s, members, links)
 
 
@@ -597,10 +606,11 @@ def _progressive_filling(A: np.ndarray, cap: np.ndarray) -> np.ndarray:
     free = np.ones(n, bool)
     load = np.zeros(A.shape[1])
     used = A > 0
-    while free.any():
-        demand = A[free].sum(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = np.where(demand > 0, (cap - load) / demand, np.inf)
+    level = np.empty(A.shape[1])
+    demand = A.sum(axis=0)  # everyone is free in the first round
+    while True:
+        level.fill(np.inf)
+        np.divide(cap - load, demand, out=level, where=demand > 0)
         lvl = float(level.min())
         if not np.isfinite(lvl):
             rate[free] = np.inf
@@ -608,8 +618,11 @@ def _progressive_filling(A: np.ndarray, cap: np.ndarray) -> np.ndarray:
         tight = level <= lvl * (1 + TIE_RTOL)
         frozen = free & used[:, tight].any(axis=1)
         rate[frozen] = max(lvl, 0.0)
-        load += A[frozen].T @ rate[frozen]
         free &= ~frozen
+        if not free.any():  # the last round: nobody left to use the load
+            break
+        load += A[frozen].T @ rate[frozen]
+        demand = A[free].sum(axis=0)
     return rate
 
 
