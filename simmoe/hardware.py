@@ -22,6 +22,7 @@ class GpuSpec:
     pcie_GBps_per_direction: float
     tdp_W: float
     sms: int
+    nvlink_links: int = 0  # NVLink links per GPU (0: none)
 
 
 @dataclass(frozen=True)

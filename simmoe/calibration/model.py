@@ -281,6 +281,13 @@ class ProfileModel:
                 fitted.describe()
         return out
 
+    def with_sms_held(self, extra: int):
+        """Measured kernels with ``extra`` SMs held by communication (simmoe.compute.sm_share)."""
+        from simmoe.compute.sm_share import FewerSms
+
+        sms = int(self.roofline.spec.sms)
+        return FewerSms(self, sms, min(int(extra), sms - 1))
+
     def describe(self) -> dict:
         meta = self.profile.metadata
         return {
@@ -307,10 +314,13 @@ class ProfileModel:
 
 
 def load_compute_model(gpu_name: str, calibration: str | Path | None, *,
-                       dtypes: tuple[str, ...] | list[str] | None = None) -> ComputeModel:
+                       dtypes: tuple[str, ...] | list[str] | None = None,
+                       comm_sms: int = 0) -> ComputeModel:
     """The compute model a simulation uses: the roofline of ``gpu_name`` when ``calibration`` is
-    None, else a ProfileModel of that file bounded by it. ``dtypes`` (optional) are checked up front."""
-    roofline = RooflineModel(gpu_name)
+    None, else a ProfileModel of that file bounded by it. ``dtypes`` (optional) are checked up front.
+    ``comm_sms``: SMs communication kernels hold throughout (the scenario's parallelism.comm_sms);
+    the profile was measured on all SMs, so its tensor-core kernels are scaled by the SM ratio."""
     if calibration is None:
-        return roofline
-    return ProfileModel(calibration, gpu_name=gpu_name, roofline=roofline, dtypes=dtypes)
+        return RooflineModel(gpu_name, comm_sms=comm_sms, comm_sms_field="parallelism.comm_sms")
+    profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name), dtypes=dtypes)
+    return profile.with_sms_held(comm_sms) if comm_sms else profile

@@ -41,6 +41,10 @@ class ComputeModel(Protocol):
     def describe(self) -> dict:
         """Provenance: ``kind`` ("roofline" | "profile"), ``device``, ``source``, ``identifier``."""
 
+    def with_sms_held(self, extra: int) -> "ComputeModel":
+        """The same model with ``extra`` more SMs held by communication kernels (an NCCL
+        collective in flight beside compute; simmoe.compute.sm_share)."""
+
 
 class BackwardTimes(NamedTuple):
     """Backward of a (grouped) GEMM, split as pipeline schedules that defer weight gradients need it."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from simmoe.compute.params import DEFAULT_ROOFLINE_FILE, DTYPES, RooflineParams, load_roofline_params
+from simmoe.compute.sm_share import check_sms_held
 from simmoe.errors import InputError
 from simmoe.hardware import GpuSpec, gpu_spec
 
@@ -64,12 +65,10 @@ class RooflineModel:
         kernels get the other ``spec.sms - comm_sms``. ``comm_sms_field`` names it in errors."""
         self.spec: GpuSpec = gpu_spec(gpu_name, file=file, field=field)
         self.params: RooflineParams = load_roofline_params(params_file)
+        self._params_file = params_file
         p = self.params
-        if isinstance(comm_sms, bool) or int(comm_sms) != comm_sms or not 0 <= comm_sms < self.spec.sms:
-            raise InputError(f"{self.spec.name} has {self.spec.sms} SMs; compute needs at least one",
-                             file=file, field=comm_sms_field, value=comm_sms,
-                             allowed=f"0..{self.spec.sms - 1}")
-        self.comm_sms = int(comm_sms)
+        self.comm_sms = check_sms_held(int(self.spec.sms), comm_sms, gpu=self.spec.name, file=file,
+                                       field=comm_sms_field)
         self._sms = int(self.spec.sms) - self.comm_sms
         # The anchors' efficiency is per SM: a kernel on fewer SMs gets that fraction of the peak.
         self.sm_fraction = self._sms / self.spec.sms
@@ -83,6 +82,12 @@ class RooflineModel:
         self._scalar_cache: dict[tuple, float] = {}
         sms_tag = "" if self._sms == self.spec.sms else f"/{self._sms}sm"
         self.identifier = f"roofline:{self.spec.name}{sms_tag}:{p.source}@{p.sha256[:12]}"
+
+    def with_sms_held(self, extra: int) -> "RooflineModel":
+        """The same GPU and parameters with ``extra`` more SMs held by communication kernels (an
+        NCCL collective in flight beside compute; simmoe.compute.sm_share)."""
+        return RooflineModel(self.spec.name, params_file=self._params_file,
+                             comm_sms=min(self.comm_sms + int(extra), int(self.spec.sms) - 1))
 
     # -- hardware lookups -------------------------------------------------------------------------
 

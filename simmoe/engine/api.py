@@ -66,7 +66,7 @@ def simulate(scenario, *, seed: int | None = None, steps: int | None = None,
     if calibration is not None:
         from simmoe.calibration.model import load_compute_model
 
-        compute = load_compute_model(gpu, calibration)
+        compute = load_compute_model(gpu, calibration, comm_sms=scenario.parallelism.comm_sms)
     sim = Simulation(scenario, seed=seed, programs=programs, compute=compute, reduce=reduce)
     first = scenario.simulation.warmup_steps
     records, last = [], None

@@ -56,12 +56,16 @@ class CommRequest:
     category: str  # dispatch | combine | tp | dp | pp | ep | other (docs/output.md)
     rendezvous: Hashable | None = None  # key shared by the simulated members of the group
     members: int = 1  # simulated ranks that join; the collective starts when all have arrived
+    # An NCCL kernel that keeps SMs from compute while in flight (docs/compute.md); False for
+    # SM-based all-to-alls the scenario already reserves parallelism.comm_sms for.
+    holds_sms: bool = True
 
 
 class Resolver(Protocol):
     def node_time_s(self, rank: SimRank, key: tuple, program: Program, node: int,
-                    mb: int) -> tuple[float, float]:
-        """(seconds, of which expert GEMM seconds) of a compute node."""
+                    mb: int, held: bool = False) -> tuple[float, float]:
+        """(seconds, of which expert GEMM seconds) of a compute node; ``held``: while an NCCL
+        collective of the rank holds SMs."""
 
     def node_collective(self, rank: SimRank, key: tuple, program: Program, node: int,
                         mb: int) -> CommRequest:
@@ -128,6 +132,26 @@ class _Stream:
         ev.succeed()
 
 
+class _RunningKernel:
+    """A compute node running on a rank, at the rate of the rank's current SM share: when an NCCL
+    collective starts or ends beside it, the fraction done so far is kept and the rest re-timed
+    at the new share. Pure arithmetic; the engine interrupts the node's process to re-time it."""
+
+    __slots__ = ("process", "args", "held", "seconds", "since", "done_fraction")
+
+    def __init__(self, process, args: tuple, held: bool, seconds: float, now: float) -> None:
+        self.process, self.args, self.held = process, args, held
+        self.seconds, self.since, self.done_fraction = seconds, now, 0.0
+
+    def rerate(self, now: float, held: bool, seconds: float) -> None:
+        """From ``now`` on, the whole node would take ``seconds`` (the share ``held``)."""
+        self.done_fraction = min(1.0, self.done_fraction + (now - self.since) / self.seconds)
+        self.since, self.held, self.seconds = now, held, seconds
+
+    def remaining_s(self) -> float:
+        return (1.0 - self.done_fraction) * self.seconds
+
+
 class _CommTask:
     """One collective node of a program, run by callbacks with the events a SimPy process running
     it would have (an urgent start event, then: wait for its inputs, claim its communication
@@ -176,6 +200,8 @@ class _CommTask:
     def _send(self, _event) -> None:
         eng, req = self.eng, self.req
         self.start = eng.env.now
+        if req.holds_sms:  # NCCL's kernel is up from here, waiting for its peers included
+            eng._hold_sms(self.r.index, +1)
         if req.rendezvous is None or req.members <= 1:
             eng.network.transfer(req.build()).callbacks.append(self._finish)
             return
@@ -193,6 +219,8 @@ class _CommTask:
         if self.stream is not None:
             self.stream.release()
         eng = self.eng
+        if self.req.holds_sms:
+            eng._hold_sms(self.r.index, -1)
         eng.timelines[self.r.index].comm.append((self.start, eng.env.now,
                                                  self.prog.nodes[self.k].label, self.req.category,
                                                  self.phase))
@@ -223,6 +251,17 @@ class StepEngine:
         self._rendezvous: dict[Hashable, list] = {}
         self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
+        self._nccl_in_flight = [0] * len(ranks)  # NCCL collectives holding SMs, per rank
+        self._kernel: list[_RunningKernel | None] = [None] * len(ranks)  # compute node running
+
+    def _hold_sms(self, i: int, delta: int) -> None:
+        before = self._nccl_in_flight[i] > 0
+        self._nccl_in_flight[i] += delta
+        after = self._nccl_in_flight[i] > 0
+        kernel = self._kernel[i]
+        if before != after and kernel is not None:
+            kernel.rerate(self.env.now, after, self.resolver.node_time_s(*kernel.args, after)[0])
+            kernel.process.interrupt()  # its process re-times the rest (URGENT, at this instant)
 
     # ------------------------------------------------------------------ public
     def run(self) -> StepTimeline:
@@ -338,17 +377,27 @@ class StepEngine:
                 yield waits[0]
             elif waits:
                 yield env.all_of(waits)
-            dur, expert = self.resolver.node_time_s(r, key, prog, k, mb)
             if gpu is not None:
                 yield gpu.request(priority)
-                start = env.now
-                yield env.timeout(dur)
+            start = env.now
+            i = r.index
+            held = self._nccl_in_flight[i] > 0
+            dur, expert = self.resolver.node_time_s(r, key, prog, k, mb, held)
+            if dur > 0:
+                kernel = self._kernel[i] = _RunningKernel(env.active_process, (r, key, prog, k, mb),
+                                                          held, dur, start)
+                remaining = dur
+                while True:
+                    try:
+                        yield env.timeout(remaining)
+                        break
+                    except simpy.Interrupt:  # an NCCL collective started or ended beside it
+                        remaining = kernel.remaining_s()
+                self._kernel[i] = None
+            if gpu is not None:
                 gpu.release()
-            else:
-                start = env.now
-                yield env.timeout(dur)
             tl.compute.append((start, env.now, node.label, phase))
             tl.expert_s += expert
             if phase == "step":
-                tl.step_compute_s += dur
+                tl.step_compute_s += env.now - start
         return events

@@ -32,6 +32,7 @@ from simmoe.errors import InputError
 from simmoe.network import collectives as coll
 from simmoe.network.coflow import AnalyticalSimNetwork, CoflowFabric, CoflowNetwork, ReplicaSimNetwork
 from simmoe.network.flows import Collective, FlowSet, Stage
+from simmoe.hardware import gpu_spec
 from simmoe.network.params import DEFAULT_NETWORK_PARAMS, NetworkParams
 from simmoe.routing.model import LayerDraws
 from simmoe.routing.popularity import max_over_mean
@@ -192,6 +193,9 @@ class Simulation:
                                     comm_sms_field="parallelism.comm_sms")
             # --- end hook
         self.compute = compute
+        # SMs an NCCL collective in flight keeps from this GPU's compute (docs/compute.md).
+        self.nccl_sms = network_params.nccl_sms(gpu_spec(scenario.gpu_model or topology.gpu_model).nvlink_links)
+        self._compute_held = None
         self.m = scenario.micro_batches_per_step
         if self.m < 1:
             raise InputError("fewer sequences per step than micro_batch * dp", field="training.global_batch",
@@ -404,9 +408,17 @@ class Simulation:
         d = getattr(op, "dtype", "bf16")
         return "bf16" if d == "fp32" else d  # FP32 GEMMs (router) timed as BF16: tiny, documented
 
-    def _op_time_s(self, op, grad: str = "both") -> float:
+    def _model(self, held: bool):
+        """The compute model of kernels that run beside an NCCL collective (``held``) or not."""
+        if not held:
+            return self.compute
+        if self._compute_held is None:
+            self._compute_held = self.compute.with_sms_held(self.nccl_sms)
+        return self._compute_held
+
+    def _op_time_s(self, op, grad: str = "both", held: bool = False) -> float:
         """Seconds of one op; ``grad`` picks the part of a backward GEMM (program.GRADS)."""
-        c = self.compute
+        c = self._model(held)
         bwd = op.phase == "bwd"
         if isinstance(op, GemmOp):
             if bwd:
@@ -425,51 +437,53 @@ class Simulation:
             return float(c.gemm_s(m, op.n, op.k, self._dtype(op)))
         return 0.0
 
-    def _layer_gemm_times(self, step: int, moe_i: int, op: ExpertGemmOp):
+    def _layer_gemm_times(self, step: int, moe_i: int, op: ExpertGemmOp, held: bool = False):
         """A grouped GEMM of a MoE layer timed on every EP rank for micro-batches 0 .. m-1 in one
         call of the compute model: (micro-batches, ep) seconds forward, their BackwardTimes
         backward (timed once: the input- and weight-gradient programs take their parts)."""
-        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase)
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, held)
         got = self._static_s.get(key)
         if got is None:
             comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
             tokens = comp[:, self._experts_of_rank[moe_i]]  # (micro-batches, ep, local experts)
+            c = self._model(held)
             if op.phase == "bwd":
-                got = grouped_gemm_backward_s(self.compute, tokens, op.n, op.k, self._dtype(op))
+                got = grouped_gemm_backward_s(c, tokens, op.n, op.k, self._dtype(op))
             else:
-                got = self.compute.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op))
+                got = c.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op))
             self._static_s[key] = got
         return got
 
     def _expert_times(self, step: int, op: ExpertGemmOp, mb: int,
-                      grad: str = "both") -> tuple[np.ndarray, float]:
+                      grad: str = "both", held: bool = False) -> tuple[np.ndarray, float]:
         """((ep,) seconds of this grouped GEMM on each EP rank of the group, their max). One call
         of the compute model times every micro-batch of the layer (its arrays take a batch axis)."""
         moe_i = self.moe_index[op.layer]
         if op.phase != "bwd":
             grad = "both"
-        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad)
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad, held)
         got = self._static_s.get(key)
         if got is None:
-            times = self._layer_gemm_times(step, moe_i, op)
+            times = self._layer_gemm_times(step, moe_i, op, held)
             t = np.asarray(_grad_part(times, grad) if op.phase == "bwd" else times, float)
             t = t.reshape(len(t), -1)
             got = self._static_s[key] = (t, t.max(axis=1).tolist())
         if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
             d = self._draw(step, moe_i, mb)
             tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
-            fn = (lambda x: _grad_part(grouped_gemm_backward_s(self.compute, x, op.n, op.k, self._dtype(op)), grad)) \
-                if op.phase == "bwd" else (lambda x: self.compute.grouped_gemm_s(x, op.n, op.k, self._dtype(op)))
+            c = self._model(held)
+            fn = (lambda x: _grad_part(grouped_gemm_backward_s(c, x, op.n, op.k, self._dtype(op)), grad)) \
+                if op.phase == "bwd" else (lambda x: c.grouped_gemm_s(x, op.n, op.k, self._dtype(op)))
             t = np.asarray(fn(tokens), float)
             return t, float(t.max())
         return got[0][mb], got[1][mb]
 
-    def node_time_s(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int):
-        skey = (key, k)
+    def node_time_s(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int, held: bool = False):
+        skey = (key, k, held)
         base = self._static_s.get(skey)
         node = prog.nodes[k]
         if base is None:
-            base = sum(self._op_time_s(prog.ops[i], prog.grad) for i in node.ops
+            base = sum(self._op_time_s(prog.ops[i], prog.grad, held) for i in node.ops
                        if not (isinstance(prog.ops[i], ExpertGemmOp) and not prog.ops[i].shared))
             self._static_s[skey] = base
         if not prog.has_expert[k]:
@@ -479,7 +493,7 @@ class Simulation:
         for i in node.ops:
             op = prog.ops[i]
             if isinstance(op, ExpertGemmOp) and not op.shared:
-                t, t_max = self._expert_times(self._step, op, mb, prog.grad)
+                t, t_max = self._expert_times(self._step, op, mb, prog.grad, held)
                 # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
                 ex += t_max if ep_coord is None else float(t[ep_coord])
         return base + ex, ex
@@ -641,9 +655,13 @@ class Simulation:
                                   engine="deepep" if hier else None)
                 return self._finish(cl, "ep", s, hier)
 
+            # SM-based all-to-alls (DeepEP) hold the reserved parallelism.comm_sms throughout;
+            # without a reservation they are NCCL's and hold SMs while in flight.
+            holds = self.scenario.parallelism.comm_sms == 0
+
             def request(mb: int) -> CommRequest:
                 rv = None if members == 1 else (dim, int(row), key, mb, k)
-                return CommRequest(partial(build, self._step, mb), category, rv, members)
+                return CommRequest(partial(build, self._step, mb), category, rv, members, holds)
             return request
         skey = (op.collective, dim, int(row), op.size_bytes)
 

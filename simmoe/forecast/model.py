@@ -208,7 +208,8 @@ def forecast(scenario, *, tokens: float | None = None, samples: int = DEFAULT_SA
         if calibration is not None:
             from simmoe.calibration.model import load_compute_model
 
-            shared["compute"] = load_compute_model(scenario.gpu_model, calibration)
+            shared["compute"] = load_compute_model(scenario.gpu_model, calibration,
+                                                   comm_sms=scenario.parallelism.comm_sms)
 
         def source_factory(s: int) -> StepSource:
             return EngineSteps(scenario, seed=s, compute=shared["compute"])

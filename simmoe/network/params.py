@@ -48,6 +48,20 @@ class NetworkParams:
     # cannot fill a pipe: fixed per-chunk costs dominate.
     half_efficiency_bytes: float = 64 * 1024
 
+    # SMs an NCCL collective holds on each GPU while it runs: one CTA per channel, each on an SM
+    # of its own (NVIDIA/nccl issue 689, maintainer: NCCL CTAs won't share an SM with compute
+    # kernels). NCCL opens two channels per NVLink of the GPU, at most MAXCHANNELS = 32 (issue
+    # 1225: DGX A100, 12 NVLinks, 24 CTAs; issue 892: 8x H800, 8 NVLinks, "16 coll channels";
+    # issue 1429: Hopper's channel count follows its 18 NVLinks); without NVLink, 2 (issue 689).
+    nccl_channels_per_nvlink: int = 2
+    nccl_max_channels: int = 32
+    nccl_min_channels: int = 2
+
+    def nccl_sms(self, nvlink_links: int) -> int:
+        """SMs an NCCL collective kernel keeps from compute on a GPU with ``nvlink_links`` links."""
+        return max(self.nccl_min_channels,
+                   min(self.nccl_channels_per_nvlink * int(nvlink_links), self.nccl_max_channels))
+
     def efficiency_of(self, link_class: str, engine: str | None = None) -> float:
         if engine is not None and link_class in self.engine_link_efficiency.get(engine, {}):
             return self.engine_link_efficiency[engine][link_class]
