@@ -19,11 +19,11 @@ LLAMA = Path(__file__).parents[1] / "scenarios/validation/scenarios/llama3-8b-h1
 def _run_kernel(free_s, held_s, changes, held_at_start=False):
     """When a kernel of ``free_s`` alone / ``held_s`` beside NCCL ends, the share changing at the
     (time, held) ``changes`` (done by hand, as the engine's interrupt handler does)."""
-    kernel = _RunningKernel(None, (), held_at_start, held_s if held_at_start else free_s, 0.0)
+    kernel = _RunningKernel(None, (), held_s if held_at_start else free_s, 0.0)
     for at, held in changes:
         if at >= kernel.since + kernel.remaining_s():
             break  # it ended before this change
-        kernel.rerate(at, held, held_s if held else free_s)
+        kernel.rerate(at, held_s if held else free_s)
     return kernel.since + kernel.remaining_s()
 
 

@@ -137,16 +137,16 @@ class _RunningKernel:
     collective starts or ends beside it, the fraction done so far is kept and the rest re-timed
     at the new share. Pure arithmetic; the engine interrupts the node's process to re-time it."""
 
-    __slots__ = ("process", "args", "held", "seconds", "since", "done_fraction")
+    __slots__ = ("process", "args", "seconds", "since", "done_fraction")
 
-    def __init__(self, process, args: tuple, held: bool, seconds: float, now: float) -> None:
-        self.process, self.args, self.held = process, args, held
+    def __init__(self, process, args: tuple, seconds: float, now: float) -> None:
+        self.process, self.args = process, args
         self.seconds, self.since, self.done_fraction = seconds, now, 0.0
 
-    def rerate(self, now: float, held: bool, seconds: float) -> None:
-        """From ``now`` on, the whole node would take ``seconds`` (the share ``held``)."""
+    def rerate(self, now: float, seconds: float) -> None:
+        """From ``now`` on, the whole node would take ``seconds`` (at the new SM share)."""
         self.done_fraction = min(1.0, self.done_fraction + (now - self.since) / self.seconds)
-        self.since, self.held, self.seconds = now, held, seconds
+        self.since, self.seconds = now, seconds
 
     def remaining_s(self) -> float:
         return (1.0 - self.done_fraction) * self.seconds
@@ -260,7 +260,7 @@ class StepEngine:
         after = self._nccl_in_flight[i] > 0
         kernel = self._kernel[i]
         if before != after and kernel is not None:
-            kernel.rerate(self.env.now, after, self.resolver.node_time_s(*kernel.args, after)[0])
+            kernel.rerate(self.env.now, self.resolver.node_time_s(*kernel.args, after)[0])
             kernel.process.interrupt()  # its process re-times the rest (URGENT, at this instant)
 
     # ------------------------------------------------------------------ public
@@ -385,7 +385,7 @@ class StepEngine:
             dur, expert = self.resolver.node_time_s(r, key, prog, k, mb, held)
             if dur > 0:
                 kernel = self._kernel[i] = _RunningKernel(env.active_process, (r, key, prog, k, mb),
-                                                          held, dur, start)
+                                                          dur, start)
                 remaining = dur
                 while True:
                     try:

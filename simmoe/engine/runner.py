@@ -183,18 +183,18 @@ class Simulation:
         if self.layout.world_size > topology.num_gpus:
             raise InputError(f"the layout needs {self.layout.world_size} GPUs but the topology has "
                              f"{topology.num_gpus}", field="parallelism", value=self.layout.world_size)
+        gpu = scenario.gpu_model or topology.gpu_model
         if compute is None:
             from simmoe.compute import RooflineModel
 
-            # --- hook (compute owner): parallelism.comm_sms, SMs held by overlapped communication
-            # kernels, are taken from every compute kernel (docs/compute.md, "Communication SMs").
-            compute = RooflineModel(scenario.gpu_model or topology.gpu_model,
-                                    comm_sms=scenario.parallelism.comm_sms,
+            # parallelism.comm_sms, SMs held by overlapped communication kernels, are taken from
+            # every compute kernel (docs/compute.md, "Communication SMs"). Not via
+            # calibration.load_compute_model: that module pulls in pyarrow, ~0.5 s of setup.
+            compute = RooflineModel(gpu, comm_sms=scenario.parallelism.comm_sms,
                                     comm_sms_field="parallelism.comm_sms")
-            # --- end hook
         self.compute = compute
         # SMs an NCCL collective in flight keeps from this GPU's compute (docs/compute.md).
-        self.nccl_sms = network_params.nccl_sms(gpu_spec(scenario.gpu_model or topology.gpu_model).nvlink_links)
+        self.nccl_sms = network_params.nccl_sms(gpu_spec(gpu).nvlink_links)
         self._compute_held = None
         self.m = scenario.micro_batches_per_step
         if self.m < 1:

@@ -256,7 +256,7 @@ def nvls_allreduce(gpus: Sequence[int], size_bytes: float, *,
                     np.full(n * (n - 1), per_pair)).without_empty()
     return Collective(op="allreduce", gpus=tuple(int(x) for x in g), size_bytes=size,
                       stages=(Stage(flows, 2),), bus_factor=bus_factor("allreduce", n),
-                      meta={"engine": "nvls", "algorithm": "nvls"})
+                      meta={"engine": "nvls"})
 
 
 def reduce_scatter(gpus: Sequence[int], size_bytes: float, *,
