@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,11 +190,96 @@ def _grouped_fns(torch, hist: np.ndarray, impl: str = "auto"):
     return fns
 
 
-def make_layer(torch, case: Case, score: str, grouped, device=None):
-    """The layer as a function of (x, router weight, routing bias, w1 (E, 2f, d), w2 (E, d, f))."""
+class FusedKernels:
+    """The memory-bound kernels a production MoE layer runs fused (Megatron-Core with TE's fused
+    permute/unpermute and its fused SwiGLU), here as torch.compile'd Triton kernels: one pass over
+    the bytes each, no atomics. Permute and unpermute are adjoint gathers: with the sort's order and
+    its inverse every direction is a gather (a reduction over a token's top-k rows), never a
+    scatter-add. ``compile=False`` runs the same functions eagerly (for CPU tests)."""
+
+    def __init__(self, torch, compile: bool = True) -> None:
+        F = torch.nn.functional
+        if compile:
+            # Static shapes: symbolic row lengths cost the kernels their vector loads (half the
+            # bandwidth, seen on an H100). Each (hidden, ffn, top-k) compiles once; allow them all.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            if hasattr(torch._dynamo.config, "recompile_limit"):
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        wrap = (lambda fn: torch.compile(fn, dynamic=False)) if compile else (lambda fn: fn)
+
+        def swiglu(h):
+            gate, up = h.chunk(2, dim=-1)
+            return F.silu(gate) * up
+
+        # A token's k rows are summed in one pass (k loads per output element, unrolled), as a
+        # fused unpermute kernel does: no (T, k, d) intermediate, no reduction kernel over k.
+        def gather_sum(g, inv, tokens: int, k: int):  # permute's backward
+            rows = inv.view(tokens, k)
+            acc = g.index_select(0, rows[:, 0]).float()
+            for j in range(1, k):
+                acc = acc + g.index_select(0, rows[:, j]).float()
+            return acc.to(g.dtype)
+
+        def gather_weighted_sum(y, inv, w, tokens: int, k: int):  # unpermute
+            rows = inv.view(tokens, k)
+            acc = y.index_select(0, rows[:, 0]).float() * w[:, 0:1]
+            for j in range(1, k):
+                acc = acc + y.index_select(0, rows[:, j]).float() * w[:, j:j + 1]
+            return acc.to(y.dtype)
+
+        def scaled_rows(dout, src, w_sorted):  # unpermute's backward w.r.t. the expert outputs
+            return (dout.index_select(0, src).float() * w_sorted.unsqueeze(-1)).to(dout.dtype)
+
+        def row_dots(dout, y, inv, tokens: int, k: int):  # ... and w.r.t. the routing weights
+            return (y.index_select(0, inv).view(tokens, k, -1).float() * dout.view(tokens, 1, -1).float()).sum(-1)
+
+        self.swiglu = wrap(swiglu)
+        self.gather_sum, self.gather_weighted_sum = wrap(gather_sum), wrap(gather_weighted_sum)
+        self.scaled_rows, self.row_dots = wrap(scaled_rows), wrap(row_dots)
+        kernels = self
+
+        class Permute(torch.autograd.Function):
+            """x (T, d) -> rows sorted by expert (T*k, d): row p is token src[p]."""
+
+            @staticmethod
+            def forward(ctx, x, src, inv, k):
+                ctx.save_for_backward(inv)
+                ctx.k = k
+                return x.index_select(0, src)
+
+            @staticmethod
+            def backward(ctx, g):
+                (inv,) = ctx.saved_tensors
+                return kernels.gather_sum(g, inv, g.shape[0] // ctx.k, ctx.k), None, None, None
+
+        class Unpermute(torch.autograd.Function):
+            """Expert outputs y (T*k, d, sorted) and routing weights w (T, k) -> sum_j w[t, j] y[inv[t*k+j]]."""
+
+            @staticmethod
+            def forward(ctx, y, w, order, inv, src, k):
+                ctx.save_for_backward(y, w, order, inv, src)
+                ctx.k = k
+                return kernels.gather_weighted_sum(y, inv, w, w.shape[0], k)
+
+            @staticmethod
+            def backward(ctx, dout):
+                y, w, order, inv, src = ctx.saved_tensors
+                w_sorted = w.reshape(-1).index_select(0, order)
+                dy = kernels.scaled_rows(dout, src, w_sorted)
+                dw = kernels.row_dots(dout, y, inv, w.shape[0], ctx.k).to(w.dtype)
+                return dy, dw, None, None, None, None
+
+        self.permute, self.unpermute = Permute.apply, Unpermute.apply
+
+
+def make_layer(torch, case: Case, score: str, grouped, device=None, fused: FusedKernels | None = None):
+    """The layer as a function of (x, router weight, routing bias, w1 (E, 2f, d), w2 (E, d, f)).
+    ``fused=None``: plain eager PyTorch (unfused SiLU and multiply, a strided gate read, atomic
+    ``index_add`` to unpermute); else the fused kernels of ``FusedKernels``."""
     F = torch.nn.functional
     k = case.top_k
     experts = torch.arange(case.experts, device=device)  # made once: a copy per call would sync
+    slots = torch.arange(case.tokens * k, device=device)
 
     def layer(x, w_router, route_bias, w1, w2):
         logits = F.linear(x, w_router).float() + route_bias
@@ -204,6 +290,11 @@ def make_layer(torch, case: Case, score: str, grouped, device=None):
         sorted_ids, order = idx.reshape(-1).sort(stable=True)
         offs = torch.searchsorted(sorted_ids, experts, right=True).to(torch.int32)  # no host sync
         src = order // k  # the token of each permuted row
+        if fused is not None:
+            inv = torch.empty_like(order).scatter_(0, order, slots[:order.numel()])  # sorted row of each slot
+            xs = fused.permute(x, src, inv, k)
+            y = grouped(fused.swiglu(grouped(xs, w1, offs)), w2, offs)
+            return fused.unpermute(y, weights, order, inv, src, k)
         xs = x.index_select(0, src)
         gate, up = grouped(xs, w1, offs).chunk(2, dim=-1)
         y = grouped(F.silu(gate) * up, w2, offs)
@@ -223,9 +314,26 @@ def _sets(bench: Bench, case: Case, assign: np.ndarray) -> list:
     return [(bench.randn(T, d).requires_grad_(True), bench.randn(T, d), bias.clone()) for _ in range(n)]
 
 
+def kernel_trace(torch, fn) -> list[dict]:
+    """The GPU kernels (and copies) of one call of ``fn``, in launch order, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    events.sort(key=lambda e: e.time_range.start)
+    t0 = events[0].time_range.start if events else 0
+    return [{"kernel": e.name, "start_us": float(e.time_range.start - t0), "duration_us": float(e.time_range.elapsed_us())}
+            for e in events]
+
+
 def measure(bench: Bench, case: Case, hist: np.ndarray, assign: np.ndarray, score: str,
-            warmup: int, repeats: int, impl: str = "auto") -> dict:
-    """Median seconds of the forward and of forward + backward, and the grouped kernel used."""
+            warmup: int, repeats: int, impl: str = "auto", kernels: bool = False,
+            fused: FusedKernels | None = None, preheat_s: float = 0.0) -> dict:
+    """Median seconds of the forward and of forward + backward, the grouped kernel used, and (with
+    ``kernels``) the kernel trace of one forward + backward."""
     torch = bench.torch
     d, E, f = case.hidden, case.experts, case.expert_ffn
     w_router = (bench.randn(E, d) / math.sqrt(d)).requires_grad_(True)
@@ -240,7 +348,7 @@ def measure(bench: Bench, case: Case, hist: np.ndarray, assign: np.ndarray, scor
 
     layer, used, notes = None, None, []
     for name, grouped in _grouped_fns(torch, hist, impl).items():
-        candidate = make_layer(torch, case, score, grouped, bench.device)
+        candidate = make_layer(torch, case, score, grouped, bench.device, fused)
         try:
             fwd_bwd(candidate, sets[0])
             bench.sync()
@@ -263,11 +371,21 @@ def measure(bench: Bench, case: Case, hist: np.ndarray, assign: np.ndarray, scor
         with torch.no_grad():
             layer(s[0], w_router, s[2], w1, w2)
 
+    # Sustained load first (--preheat): a training step runs at the GPU's power-capped clock, not
+    # at the burst clock a cool GPU starts with (docs/calibration.md, "Sustained clocks").
+    deadline, i = time.perf_counter() + preheat_s, 0
+    while time.perf_counter() < deadline:
+        fwd_bwd(layer, sets[i % len(sets)])
+        i += 1
+        if i % 4 == 0:
+            bench.sync()
+
     fwd = bench.time(forward, sets, warmup, repeats)
     both = bench.time(lambda s: fwd_bwd(layer, s), sets, warmup, repeats)
+    trace = kernel_trace(torch, lambda: fwd_bwd(layer, sets[0])) if kernels and bench.cuda else []
     return {"fwd_s": float(np.median(fwd)), "total_s": float(np.median(both)),
             "total_p10_s": float(np.percentile(both, 10)), "total_p90_s": float(np.percentile(both, 90)),
-            "impl": used + (f" ({'; '.join(notes)})" if notes else "")}
+            "impl": used + (f" ({'; '.join(notes)})" if notes else ""), "trace": trace}
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -294,10 +412,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not bench.cuda:
         torch.set_num_threads(1)  # as simmoe calibrate: a shared CPU's second thread adds noise
     gpu = _gpu_name(bench, args.gpu)
-    model = load_compute_model(gpu, args.profile, dtypes=("bf16",))
+    model = load_compute_model(gpu, args.profile, dtypes=("bf16",), clocks=args.clocks)
     warmup = args.warmup if args.warmup is not None else (2 if not bench.cuda else 3 if args.quick else 5)
     repeats = args.repeats if args.repeats is not None else (5 if not bench.cuda else 10 if args.quick else 20)
-    rows = []
+    fused = FusedKernels(torch, compile=bench.cuda) if args.layer == "fused" else None
+    rows, kernel_rows = [], []
     try:
         for case in grid(args.device, args.quick, args.tokens, args.expert_gib * 2**30):
             torch.manual_seed(args.seed)
@@ -310,19 +429,27 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if bench.cuda:
                     free, _ = torch.cuda.mem_get_info(bench.device)
                     bench = dataclasses.replace(bench, free_bytes=int(free))
-                got = measure(bench, case, hist, assign, args.score, warmup, repeats, args.impl)
+                got = measure(bench, case, hist, assign, args.score, warmup, repeats, args.impl,
+                              kernels=bool(args.kernels), fused=fused, preheat_s=args.preheat)
             except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                 if bench.cuda and isinstance(exc, torch.cuda.OutOfMemoryError):
                     torch.cuda.empty_cache()
                 print(f"skipped {case.label}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
                 continue
-            row.update(impl=got["impl"], measured_fwd_ms=got["fwd_s"] * 1e3, simmoe_fwd_ms=pred["fwd_s"] * 1e3,
-                       measured_ms=got["total_s"] * 1e3, simmoe_ms=pred["total_s"] * 1e3,
+            row.update(layer=args.layer, impl=got["impl"], measured_fwd_ms=got["fwd_s"] * 1e3,
+                       measured_ms=got["total_s"] * 1e3,
                        measured_p10_ms=got["total_p10_s"] * 1e3, measured_p90_ms=got["total_p90_s"] * 1e3,
-                       error_pct=100.0 * (pred["total_s"] - got["total_s"]) / got["total_s"],
-                       device=args.device, gpu=gpu, compute_model=model.identifier, torch=torch.__version__,
-                       score=args.score)
+                       device=args.device, gpu=gpu, torch=torch.__version__, score=args.score,
+                       preheat_s=args.preheat)
+            row.update(prediction_columns(pred, row["measured_ms"], model))
             rows.append(row)
+            print(f"{case.label}: measured {row['measured_ms']:.3f} ms, simmoe {row['simmoe_ms']:.3f} ms",
+                  file=sys.stderr, flush=True)
+            kernel_rows += [{"case": case.label, "order": i, **k} for i, k in enumerate(got["trace"])]
+            if args.out:  # rewritten after every case: a run cut short keeps what it measured
+                write(rows, args.out)
+            if args.kernels and kernel_rows:
+                write(kernel_rows, args.kernels)
             if bench.cuda:
                 torch.cuda.empty_cache()
     finally:
@@ -330,11 +457,40 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def prediction_columns(pred: dict, measured_ms: float, model: ComputeModel) -> dict:
+    return {"simmoe_fwd_ms": pred["fwd_s"] * 1e3, "simmoe_ms": pred["total_s"] * 1e3,
+            "error_pct": 100.0 * (pred["total_s"] * 1e3 - measured_ms) / measured_ms,
+            "compute_model": model.identifier}
+
+
+def replay(path: str, gpu: str, profile: str | None, clocks: str = "sustained") -> list[dict]:
+    """Rows measured earlier (``--out``), predicted again with another compute model: a GPU run
+    once, any profile or roofline afterwards, on any machine."""
+    rows = read_rows(path)
+    model = load_compute_model(gpu, profile, dtypes=("bf16",), clocks=clocks)
+    for row in rows:
+        case = Case(*(row[f.name] for f in dataclasses.fields(Case)))
+        hist = routing_histogram(case.experts, case.tokens, case.top_k, case.routing)
+        row.update(prediction_columns(predict(case, hist, model), row["measured_ms"], model))
+    return rows
+
+
+def read_rows(path: str) -> list[dict]:
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    import pyarrow.csv as pacsv
+
+    return pacsv.read_csv(path).to_pylist()
+
+
 def format_table(rows: list[dict]) -> str:
-    head = ("case", "ffn", "max/mean", "measured ms", "simmoe ms", "error %", "fwd meas ms", "fwd simmoe ms", "impl")
+    head = ("case", "ffn", "max/mean", "measured ms", "simmoe ms", "error %", "fwd meas ms", "fwd simmoe ms",
+            "layer: grouped kernel")
     body = [(r["case"], str(r["expert_ffn"]), f"{r['load_max_over_mean']:.2f}", f"{r['measured_ms']:.3f}",
              f"{r['simmoe_ms']:.3f}", f"{r['error_pct']:+.1f}", f"{r['measured_fwd_ms']:.3f}",
-             f"{r['simmoe_fwd_ms']:.3f}", r["impl"]) for r in rows]
+             f"{r['simmoe_fwd_ms']:.3f}", f"{r.get('layer') or 'eager'}: {r['impl']}") for r in rows]
     widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -342,17 +498,23 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], path: str) -> None:
+    """Atomically: a temporary file beside ``path``, then renamed over it."""
+    import os
+
     import pyarrow as pa
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
+    tmp = f"{path}.tmp"
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+        pq.write_table(table, tmp)
     else:
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, path)
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -366,21 +528,40 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--impl", choices=("auto", "grouped_mm", "loop"), default="auto",
                     help="grouped expert kernel: auto = torch._grouped_mm if it runs, else a loop of matmuls")
     ap.add_argument("--expert-gib", type=float, default=6.0, help="budget for all experts' weights (sets expert_ffn)")
+    ap.add_argument("--preheat", type=float, default=0.0, metavar="SECONDS",
+                    help="run the layer back to back this long before timing each case, so it is timed "
+                    "at sustained (power-capped) clocks, as a training run is")
+    ap.add_argument("--clocks", choices=("sustained", "burst"), default="sustained",
+                    help="a profile's kernel times at sustained clocks (its measured sustained/burst GEMM "
+                    "ratio; pair with --preheat) or as measured (burst)")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layer", choices=("fused", "eager"), default="fused",
+                    help="fused: SwiGLU and gather-based permute/unpermute as compiled kernels (what "
+                    "Megatron-Core with TE runs); eager: plain PyTorch ops (unfused, atomic index_add)")
+    ap.add_argument("--replay", metavar="ROWS", help="measure nothing: predict the rows of an earlier --out "
+                    "again with --gpu / --profile")
     ap.add_argument("--out", help="write the rows: .csv or .parquet")
+    ap.add_argument("--kernels", help="also write each case's kernel trace of one forward + backward "
+                    "(torch.profiler; CUDA only): .csv or .parquet")
     return ap
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
+    if args.replay:
+        rows = replay(args.replay, args.gpu or read_rows(args.replay)[0]["gpu"], args.profile, args.clocks)
+        return _report(rows, args)
     if args.device is None:
         args.device = "cuda" if import_torch().cuda.is_available() else "cpu"
     if args.device == "cpu":
         print("NOTE: --device cpu: tiny shapes, CPU times. They are NOT comparable to simmoe's GPU roofline / "
               "profile prediction; this run only exercises the script.", file=sys.stderr)
-    rows = run(args)
+    return _report(run(args), args)
+
+
+def _report(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     print(format_table(rows))
     if rows:
         errors = np.abs([r["error_pct"] for r in rows])
@@ -388,7 +569,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"|error| median {np.median(errors):.1f}%, max {errors.max():.1f}%"
               + (" (CPU times: NOT comparable to the GPU prediction)" if rows[0]["device"] == "cpu" else ""))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write(rows, args.out)
         print(f"wrote {args.out}")
     return rows

@@ -353,3 +353,42 @@ def test_efficiency_does_not_exceed_peak_anywhere():
     for dtype, peak in (("bf16", BF16_PEAK), ("fp8", FP8_PEAK)):
         rate = gemm_flops(m, n, k) / H100.gemm_s(m, n, k, dtype)
         assert np.all(rate <= peak) and math.isfinite(float(rate.max()))
+
+
+def test_skewed_grouped_gemm_pays_each_experts_own_roofline():
+    """Two experts, n = k = 4096 BF16: one with 8192 tokens (compute-bound), one with 128 (its 32 MiB
+    of weights take longer to read than its tile takes to compute). By hand: each expert's time is
+    max(its padded tile FLOPs / rate, its bytes / HBM rate); the kernel takes at least their sum,
+    more than max(total compute, total bytes) (which a balanced load reaches)."""
+    n = k = 4096
+    tokens = np.array([8192.0, 128.0])
+    p, rate, bw = H100.params, H100._flops_per_s("bf16"), H100.hbm_bytes_per_s
+    kpad = np.ceil(k / p.tile_k["bf16"]) * p.tile_k["bf16"] + p.tile_fixed_k["bf16"]
+    per_expert = min(
+        sum(max(np.ceil(t / tm) * np.ceil(n / tn) * 2 * tm * tn * kpad / rate, (t * (k + n) * 2 + k * n * 2) / bw)
+            for t in tokens)
+        for tm, tn in p.tile_shapes)
+    parts = H100.grouped_gemm_parts(tokens, n, k, "bf16")
+    assert float(parts["per_expert_s"]) == pytest.approx(per_expert, rel=1e-12)
+    assert float(parts["total_s"]) == pytest.approx(p.kernel_overhead_s + per_expert, rel=1e-12)
+    assert per_expert > max(float(parts["compute_s"]), float(parts["memory_s"]))
+    # Balanced (same total): the per-expert sum is no bound beyond max(compute, memory).
+    even = H100.grouped_gemm_parts(np.full(2, 4160.0), n, k, "bf16")
+    assert float(even["total_s"]) == pytest.approx(
+        p.kernel_overhead_s + max(float(even["compute_s"]), float(even["memory_s"])), rel=1e-12)
+    assert float(parts["total_s"]) > float(even["total_s"])
+
+
+def test_skewed_wgrad_pays_each_experts_own_roofline():
+    """Weight gradient, same two experts: the light one writes a full (k x n) gradient for 128 tokens."""
+    n = k = 4096
+    tokens = np.array([8192.0, 128.0])
+    parts = H100.grouped_gemm_wgrad_parts(tokens, n, k, "bf16")
+    p, rate, bw = H100.params, H100._flops_per_s("bf16"), H100.hbm_bytes_per_s
+    depth = lambda t: np.ceil(t / p.tile_k["bf16"]) * p.tile_k["bf16"] + p.tile_fixed_k["bf16"]  # noqa: E731
+    per_expert = min(
+        sum(max(np.ceil(k / tm) * np.ceil(n / tn) * 2 * tm * tn * depth(t) / rate, (t * (k + n) * 2 + k * n * 2) / bw)
+            for t in tokens)
+        for tm, tn in p.tile_shapes)
+    assert float(parts["per_expert_s"]) == pytest.approx(per_expert, rel=1e-12)
+    assert float(parts["total_s"]) >= p.kernel_overhead_s + per_expert * (1 - 1e-12)

@@ -45,6 +45,13 @@ def test_cpu_smoke_run_prints_the_table(gt, tmp_path, capsys):
     import pyarrow.csv as pacsv
 
     assert pacsv.read_csv(out).num_rows == len(rows)
+    # Replay: the measured rows predicted again, here with the same roofline, give the same answer;
+    # with a slower GPU's roofline (A100) a larger one. The measured times are kept as they were.
+    again = gt.main(["--replay", str(out)])
+    slower = gt.main(["--replay", str(out), "--gpu", "A100-SXM-80GB"])
+    for r, a, b in zip(rows, again, slower):
+        assert a["simmoe_ms"] == pytest.approx(r["simmoe_ms"], rel=1e-9) and a["measured_ms"] == r["measured_ms"]
+        assert b["simmoe_ms"] > r["simmoe_ms"] and b["measured_ms"] == r["measured_ms"]
 
 
 def test_balanced_prediction_is_the_sum_of_the_hand_listed_ops(gt):
@@ -114,5 +121,31 @@ def test_layer_computes_the_moe_output(gt, score):
     fns = gt._grouped_fns(torch, hist)
     assert "loop:torch.mm" in fns
     for name, grouped in fns.items():
-        got = gt.make_layer(torch, case, score, grouped)(x, wr, bias, w1, w2).float()
-        assert torch.allclose(got, want, atol=0.05 * want.abs().max().item()), name
+        for fused in (None, gt.FusedKernels(torch, compile=False)):
+            got = gt.make_layer(torch, case, score, grouped, fused=fused)(x, wr, bias, w1, w2).float()
+            assert torch.allclose(got, want, atol=0.05 * want.abs().max().item()), (name, fused)
+
+
+def test_fused_layer_has_the_eager_layers_gradients(gt):
+    """The fused permute/unpermute (gathers both ways, custom backward) differentiate as the eager
+    ops do: same gradients w.r.t. the input, the router and both expert weights (FP32, exact)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    T, d, E, k, f = 24, 8, 4, 2, 6
+    case = gt.Case(hidden=d, experts=E, top_k=k, routing="zipf:1.0", tokens=T, expert_ffn=f)
+    hist = gt.routing_histogram(E, T, k, case.routing)
+    assign = gt.assignment(hist, T, k, np.random.default_rng(1))
+    bias = torch.zeros(T, E).scatter_(1, torch.as_tensor(assign), 3.0)  # soft: router gets a gradient
+    leaves = [torch.randn(T, d), torch.randn(E, d) / 3, torch.randn(E, 2 * f, d) / 3, torch.randn(E, d, f) / 3]
+    dout = torch.randn(T, d)
+    grouped = gt._grouped_fns(torch, hist, "loop")["loop:torch.mm"]
+    grads = []
+    for fused in (None, gt.FusedKernels(torch, compile=False)):
+        xs = [t.clone().requires_grad_(True) for t in leaves]
+        out = gt.make_layer(torch, case, "softmax", grouped, fused=fused)(xs[0], xs[1], bias, xs[2], xs[3])
+        grads.append((out, torch.autograd.grad(out, xs, dout)))
+    (out_e, g_e), (out_f, g_f) = grads
+    torch.testing.assert_close(out_f, out_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_f, g_e):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -92,9 +92,9 @@ def test_unknown_node_template_lists_the_allowed_ones(tmp_path):
 
 
 def test_unknown_gpu_lists_the_allowed_ones(tmp_path):
-    text = GOOD.replace("node: dgx-h100", "node: {template: dgx-h100, gpu: H200-SXM}")
+    text = GOOD.replace("node: dgx-h100", "node: {template: dgx-h100, gpu: H300-SXM}")
     err = error_of(write(tmp_path, text))
-    assert err.field == "node.gpu" and err.value == "H200-SXM" and "H100-SXM" in err.allowed
+    assert err.field == "node.gpu" and err.value == "H300-SXM" and "H100-SXM" in err.allowed
 
 
 def test_unknown_nic_lists_the_allowed_ones(tmp_path):

@@ -289,6 +289,60 @@ def _memory(bench: Bench, case: dict):
     return fn, sets, impl
 
 
+SUSTAINED_SIZE = 8192  # M = N = K of the sustained-load GEMM
+SUSTAINED_CHUNK = 20  # calls per timed chunk (~28 ms of BF16 work on an H100)
+IDLE_BEFORE_S = 2.0  # the GPU idles this long first, so the first chunk runs at burst clocks
+
+
+def _sm_clock_mhz(bench: Bench) -> float | None:
+    try:
+        return float(bench.torch.cuda.clock_rate(bench.device))
+    except Exception:  # noqa: BLE001 - needs NVML (pynvml); the clock is informative only
+        return None
+
+
+def measure_sustained(bench: Bench, dtype: str, seconds: float) -> dict:
+    """Throughput of one large GEMM at burst and under sustained load (docs/calibration.md,
+    "Sustained clocks"). The grid's kernels each run for milliseconds after an idle gap, so they
+    see burst clocks; a training step keeps the GPU at its power cap for hours, where the SM clock
+    settles lower. After IDLE_BEFORE_S of idle, 8192^3 GEMMs run back to back for ``seconds`` in
+    chunks timed with CUDA events: burst = the first chunk, sustained = the median chunk of the
+    last third. ``sustained_s / burst_s`` is the factor ProfileModel applies to tensor-core ops."""
+    torch = bench.torch
+    fn, sets, impl = _gemm(bench, {"m": SUSTAINED_SIZE, "n": SUSTAINED_SIZE, "k": SUSTAINED_SIZE, "dtype": dtype})
+    for i in range(3):
+        fn(sets[i % len(sets)])
+    bench.sync()
+    time.sleep(IDLE_BEFORE_S)
+    chunks, calls, clocks = [], 0, []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(SUSTAINED_CHUNK):
+            fn(sets[calls % len(sets)])
+            calls += 1
+        end.record()
+        chunks.append((start, end))
+        if len(chunks) > 3:  # the CPU stays a few chunks ahead: wall time tracks GPU time
+            chunks[-3][1].synchronize()
+            if len(chunks) in (4, 5) or len(chunks) % 50 == 0:
+                clocks.append(_sm_clock_mhz(bench))
+    bench.sync()
+    per_call = np.array([s.elapsed_time(e) * 1e-3 / SUSTAINED_CHUNK for s, e in chunks])
+    if per_call.size < 6:
+        raise RuntimeError(f"only {per_call.size} chunks in {seconds} s: too short to see sustained clocks")
+    tail = per_call[-max(per_call.size // 3, 2):]
+    flops = 2.0 * SUSTAINED_SIZE**3
+    known = [c for c in clocks if c]
+    return {"dtype": dtype, "impl": impl, "m": SUSTAINED_SIZE, "n": SUSTAINED_SIZE, "k": SUSTAINED_SIZE,
+            "seconds": float(per_call.sum() * SUSTAINED_CHUNK), "calls": int(calls),
+            "burst_s": float(per_call[0]), "sustained_s": float(np.median(tail)),
+            "burst_tflops": flops / float(per_call[0]) / 1e12, "sustained_tflops": flops / float(np.median(tail)) / 1e12,
+            "factor": float(np.median(tail) / per_call[0]),
+            "sm_clock_mhz_start": known[0] if known else None, "sm_clock_mhz_end": known[-1] if known else None}
+
+
 SETUP = {"gemm": _gemm, "grouped_gemm": _grouped, "grouped_gemm_wgrad": _grouped_wgrad,
          "attention_fwd": _attention, "attention_fwd_bwd": _attention,
          **{op: _memory for op in ("copy", "rmsnorm", "layernorm", "permute", "unpermute")}}
@@ -406,6 +460,13 @@ def _run(bench: Bench, config: BenchConfig):
                 for op in COLLECTIVE_OPS:
                     bench.skipped[op] = reason
             progress.advance(task)
+    sustained = {}
+    if bench.cuda and config.grid.sustained_seconds > 0:
+        for dtype in dtypes:
+            try:
+                sustained[dtype] = measure_sustained(bench, dtype, config.grid.sustained_seconds)
+            except Exception as exc:  # noqa: BLE001 - recorded: the profile then stays at burst clocks
+                bench.skipped[f"sustained:{dtype}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     grouped_impls = sorted({r["impl"] for r in rows if r["op"] == "grouped_gemm"})
     metadata = {
         **common_metadata(config.command),
@@ -418,4 +479,6 @@ def _run(bench: Bench, config: BenchConfig):
         "ops": json.dumps(sorted({r["op"] for r in rows})),
         "skipped": json.dumps(bench.skipped),
     }
+    if sustained:
+        metadata["sustained_gemm"] = json.dumps(sustained)
     return rows_to_table(rows), metadata

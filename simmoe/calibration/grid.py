@@ -44,6 +44,8 @@ class Grid:
     collective_bytes: tuple[int, ...]
     warmup: int
     repeats: int
+    # seconds of back-to-back 8192^3 GEMMs per dtype after the grid: sustained vs burst rate (0: skip)
+    sustained_seconds: float = 0.0
 
 
 def _pow(base: int, lo: int, hi: int) -> tuple[int, ...]:
@@ -65,12 +67,13 @@ FULL = Grid(
     attention_head_dim=(64, 128),
     attention_heads=16,
     attention_tokens=16384,
-    memory_rows=_pow(4, 2, 7),  # 16 .. 16384 rows of 4096
+    memory_rows=_pow(4, 2, 8),  # 16 .. 65536 rows of 4096: a copy of up to 1 GiB reaches HBM's rate
     memory_hidden=4096,
     memory_topk=8,
     collective_bytes=_pow(4, 5, 15),  # 1 KiB .. 1 GiB
     warmup=5,
     repeats=20,
+    sustained_seconds=15.0,
 )
 
 QUICK = Grid(
@@ -94,6 +97,7 @@ QUICK = Grid(
     collective_bytes=(2**10, 2**20, 2**28),
     warmup=3,
     repeats=10,
+    sustained_seconds=3.0,
 )
 
 CPU = Grid(

@@ -20,7 +20,7 @@ import numpy as np
 
 from simmoe.calibration.grid import expert_histogram
 from simmoe.calibration.interp import FittedTable, fit_table
-from simmoe.calibration.schema import MEMORY_OPS, REQUIRED_OPS, Profile, read_profile
+from simmoe.calibration.schema import MEMORY_OPS, REQUIRED_OPS, STREAMING_MEMORY_OPS, Profile, read_profile
 from simmoe.compute.model import ComputeModel
 from simmoe.compute.roofline import RooflineModel
 from simmoe.errors import InputError, ProfileError
@@ -37,7 +37,7 @@ class ProfileModel:
     kind = "profile"
 
     def __init__(self, path: str | Path, *, gpu_name: str, roofline: RooflineModel | None = None,
-                 dtypes: tuple[str, ...] | list[str] | None = None) -> None:
+                 dtypes: tuple[str, ...] | list[str] | None = None, clocks: str = "sustained") -> None:
         self.path = str(path)
         self.profile: Profile = read_profile(path)
         meta = self.profile.metadata
@@ -48,7 +48,12 @@ class ProfileModel:
             raise ProfileError(f"profile was measured on {meta['gpu']} ({meta['device']}), but the scenario's GPU "
                                f"is {gpu_name}", file=self.path, field="gpu", value=meta["gpu"],
                                allowed=f"a profile of {gpu_name}")
-        self.identifier: str = meta["profile_id"]
+        if clocks not in CLOCKS:
+            raise InputError("unknown clocks", field="clocks", value=clocks, allowed=", ".join(CLOCKS))
+        # dtype -> sustained / burst time of a large GEMM ("Sustained clocks" in docs/calibration.md)
+        self.sustained = sustained_factors(meta, self.path) if clocks == "sustained" else {}
+        self.clocks = clocks
+        self.identifier: str = meta["profile_id"] + ("@sustained" if self.sustained else "")
         self.extrapolated: Counter = Counter()  # evaluations outside the measured range, per op
         self.fallbacks: Counter = Counter()  # calls answered by the roofline alone (op not measured)
         self._cache: dict[tuple, float] = {}
@@ -189,17 +194,21 @@ class ProfileModel:
             if key in self._cache:
                 return self._cache[key]
         fitted = self._check_dtype("gemm", dtype)
-        roof = self.roofline.gemm_s(m, n, k, dtype)
+        parts = self.roofline.gemm_parts(m, n, k, dtype)
+        roof = parts["total_s"]
         points = np.stack(np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, n, k))), -1)
-        out = _as_output(self._apply("gemm", fitted, points, roof,
-                                     lambda z: self.roofline.gemm_s(z[..., 0], z[..., 1], z[..., 2], dtype)))
+        out = self._apply("gemm", fitted, points, roof,
+                          lambda z: self.roofline.gemm_s(z[..., 0], z[..., 1], z[..., 2], dtype))
+        out = _as_output(out * self._clock_factor(dtype, parts))
         if scalar:
             self._cache[key] = out
         return out
 
-    def _grouped_call(self, op: str, roof_fn, tokens_per_expert, n, k, dtype: str):
+    def _grouped_call(self, op: str, parts_fn, tokens_per_expert, n, k, dtype: str):
         fitted = self._check_dtype(op, dtype)
-        roof = roof_fn(tokens_per_expert, n, k, dtype)  # validates the arguments
+        parts = parts_fn(tokens_per_expert, n, k, dtype)  # validates the arguments
+        roof = parts["total_s"]
+        roof_fn = lambda *args: _as_output(parts_fn(*args)["total_s"])  # noqa: E731
         tokens = np.asarray(tokens_per_expert, dtype=np.float64)
         experts = tokens.shape[-1]
         mean = tokens.sum(axis=-1) / experts
@@ -211,14 +220,27 @@ class ProfileModel:
                    for e, t, nn, kk in flat]
             return np.asarray(out, dtype=np.float64).reshape(z.shape[:-1])
 
-        return _as_output(self._apply(op, fitted, points, roof, balanced_roof))
+        return _as_output(self._apply(op, fitted, points, roof, balanced_roof) * self._clock_factor(dtype, parts))
 
     def grouped_gemm_s(self, tokens_per_expert, n, k, dtype: str):
-        return self._grouped_call("grouped_gemm", self.roofline.grouped_gemm_s, tokens_per_expert, n, k, dtype)
+        return self._grouped_call("grouped_gemm", self.roofline.grouped_gemm_parts, tokens_per_expert, n, k, dtype)
 
     def grouped_gemm_wgrad_s(self, tokens_per_expert, n, k, dtype: str):
-        return self._grouped_call("grouped_gemm_wgrad", self.roofline.grouped_gemm_wgrad_s, tokens_per_expert, n, k,
-                                  dtype)
+        return self._grouped_call("grouped_gemm_wgrad", self.roofline.grouped_gemm_wgrad_parts, tokens_per_expert,
+                                  n, k, dtype)
+
+    def _clock_factor(self, dtype: str, parts: dict | None = None):
+        """1 + (sustained/burst - 1) x the share of the kernel's time its tensor cores set (the
+        roofline's compute over its compute-or-memory body): a lower SM clock slows math, not HBM."""
+        factor = self.sustained.get(dtype)
+        if factor is None:
+            return 1.0
+        if parts is None:
+            return factor
+        body = np.asarray(parts["total_s"], dtype=np.float64) - np.asarray(parts["overhead_s"], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(body > 0, np.clip(np.asarray(parts["compute_s"]) / np.where(body > 0, body, 1), 0, 1), 0)
+        return 1.0 + (factor - 1.0) * share
 
     def attention_s(self, batch, seq_len, heads, head_dim_qk, head_dim_v, causal: bool, dtype: str,
                     backward: bool):
@@ -238,7 +260,9 @@ class ProfileModel:
             self.fallbacks[f"{op}:{dtype}"] += 1
             out = _as_output(roof)
         else:
-            out = _as_output(self._apply(op, fitted, np.stack([args[1], args[3]], -1), roof, None))
+            # FlashAttention is tensor-core bound: the whole of its time follows the SM clock.
+            out = _as_output(self._apply(op, fitted, np.stack([args[1], args[3]], -1), roof, None)
+                             * self._clock_factor(dtype))
         if key is not None:
             self._cache[key] = out
         return out
@@ -264,10 +288,12 @@ class ProfileModel:
         return _as_output(np.asarray(roof) * ratio)
 
     def memory_bound_s(self, bytes_moved, kernels=1):
-        """Geometric mean of the measured memory-bound ops' ratios at the bytes one kernel moves
-        (those ops whose measured range covers it): the engine does not say which streaming kernel
-        it is (norm, permute, optimizer)."""
-        return self._memory_s(self._memory, bytes_moved, kernels)
+        """Geometric mean of the measured streaming ops' ratios (copy, norms) at the bytes one kernel
+        moves (those ops whose measured range covers it): the engine does not say which streaming
+        kernel it is (norm, activation, optimizer). Gathers and scatter-adds are left out: their
+        speed is set by L2 reuse and atomics (schema.STREAMING_MEMORY_OPS; copy is required)."""
+        streaming = {op: t for op, t in self._memory.items() if op in STREAMING_MEMORY_OPS}
+        return self._memory_s(streaming, bytes_moved, kernels)
 
     def tables(self) -> dict:
         """Per table: basis, method, cross-validation error, axes (what describe() summarises)."""
@@ -308,6 +334,8 @@ class ProfileModel:
             "roofline": self.roofline.identifier,
             "tables": {name: {k: v for k, v in t.items() if k != "axes"} for name, t in self.tables().items()},
             "grouped_skew_check_max_rel_error": dict(self.skew_check),
+            "clocks": self.clocks,
+            "sustained_factor": dict(self.sustained),
             "extrapolated": dict(self.extrapolated),
             "fallbacks": dict(self.fallbacks),
         }
@@ -315,12 +343,34 @@ class ProfileModel:
 
 def load_compute_model(gpu_name: str, calibration: str | Path | None, *,
                        dtypes: tuple[str, ...] | list[str] | None = None,
-                       comm_sms: int = 0) -> ComputeModel:
+                       comm_sms: int = 0, clocks: str = "sustained") -> ComputeModel:
     """The compute model a simulation uses: the roofline of ``gpu_name`` when ``calibration`` is
     None, else a ProfileModel of that file bounded by it. ``dtypes`` (optional) are checked up front.
     ``comm_sms``: SMs communication kernels hold throughout (the scenario's parallelism.comm_sms);
     the profile was measured on all SMs, so its tensor-core kernels are scaled by the SM ratio."""
     if calibration is None:
         return RooflineModel(gpu_name, comm_sms=comm_sms, comm_sms_field="parallelism.comm_sms")
-    profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name), dtypes=dtypes)
+    profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name), dtypes=dtypes,
+                           clocks=clocks)
     return profile.with_sms_held(comm_sms) if comm_sms else profile
+
+
+CLOCKS = ("sustained", "burst")
+
+
+def sustained_factors(meta: dict[str, str], file: str) -> dict[str, float]:
+    """dtype -> sustained_s / burst_s from a profile's ``sustained_gemm`` metadata (absent: {})."""
+    text = meta.get("sustained_gemm")
+    if not text:
+        return {}
+    try:
+        entries = json.loads(text)
+        factors = {str(dtype): float(entry["sustained_s"]) / float(entry["burst_s"]) for dtype, entry in entries.items()}
+    except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+        raise ProfileError(f"unreadable sustained-load measurement ({exc})", file=file, field="sustained_gemm",
+                           allowed='JSON {dtype: {"burst_s": s, "sustained_s": s, ...}}') from exc
+    bad = {d: f for d, f in factors.items() if not (np.isfinite(f) and 0.5 <= f <= 3.0)}
+    if bad:
+        raise ProfileError("sustained/burst GEMM time out of range", file=file, field="sustained_gemm",
+                           value=bad, allowed="a ratio between 0.5 and 3")
+    return factors

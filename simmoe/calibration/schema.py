@@ -52,6 +52,10 @@ ARROW_SCHEMA = pa.schema([pa.field(name, kind, nullable=True) for name, kind in 
 GEMM_OPS = ("gemm", "grouped_gemm", "grouped_gemm_wgrad")
 ATTENTION_OPS = ("attention_fwd", "attention_fwd_bwd")
 MEMORY_OPS = ("copy", "rmsnorm", "layernorm", "permute", "unpermute")
+# The streaming ops: each byte read or written once, coalesced. ``memory_bound_s`` pools these only:
+# a gather re-reads rows from L2 (faster than HBM) and an atomic scatter-add is bound by atomics
+# (10x slower on an H100), so neither says how fast a norm, an activation or an optimizer runs.
+STREAMING_MEMORY_OPS = ("copy", "rmsnorm", "layernorm")
 COLLECTIVE_OPS = ("alltoall", "allreduce")
 OPS = GEMM_OPS + ATTENTION_OPS + MEMORY_OPS + COLLECTIVE_OPS
 # What a ProfileModel cannot do without (per dtype for the GEMM families; see model.py).
@@ -176,7 +180,11 @@ def _check_values(table: pa.Table, file: str) -> None:
 
 
 def read_profile(path: str | Path) -> Profile:
-    """Read and validate a profile file; ProfileError names the file and the column or key."""
+    """Read and validate a profile file (or a shipped ``measured:<GPU>`` profile); ProfileError names
+    the file and the column or key."""
+    from simmoe.calibration.shipped import resolve_profile
+
+    path = resolve_profile(path)
     file = str(path)
     if not Path(path).is_file():
         raise ProfileError("calibration profile not found", file=file,

@@ -24,11 +24,13 @@ def run_scenario(scenario_name: str | None, *, out: str | None = None, seed: int
     from simmoe.results import summarize, write_steps_parquet
     from simmoe.trace import write_trace
 
-    if calibration is not None and not Path(calibration).is_file():
+    if calibration is not None:
+        from simmoe.calibration.shipped import PREFIX, resolve_profile
         from simmoe.errors import InputError
 
-        raise InputError("calibration profile not found", field="--calibration", value=calibration,
-                         allowed="a calibration profile file (docs/calibration.md)")
+        if not resolve_profile(calibration, field="--calibration").is_file():
+            raise InputError("calibration profile not found", field="--calibration", value=calibration,
+                             allowed=f"a calibration profile file, or {PREFIX}<GPU> (docs/calibration.md)")
     scenario = load_named_scenario(scenario_name, overrides)
     name = scenario_label(scenario)
     out_dir = default_out_dir(out, scenario)
@@ -69,7 +71,9 @@ def run(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (default simulation.seed).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps to record (default simulation.steps).")] = None,
     trace: Annotated[Optional[str], typer.Option("--trace", help="Write a Chrome/Perfetto trace of the last step here.")] = None,
-    calibration: Annotated[Optional[str], typer.Option("--calibration", help="Calibration profile for the compute model.")] = None,
+    calibration: Annotated[Optional[str], typer.Option(
+        "--calibration", help="Calibration profile for the compute model: a file, or measured:H100-SXM / "
+        "measured:H200-SXM (shipped).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a scenario field (dotted path; value read as YAML). Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,

@@ -227,26 +227,38 @@ class RooflineModel:
 
     def grouped_gemm_parts(self, tokens_per_expert, n, k, dtype: str) -> dict:
         """Breakdown of ``grouped_gemm_s``: tiles of all experts share the SMs in waves (one tile
-        shape for the whole kernel); an expert with no tokens reads no weights and adds no tiles."""
+        shape for the whole kernel); an expert with no tokens reads no weights and adds no tiles.
+
+        Each expert is also a roofline of its own (``per_expert_s``): a heavy expert's tiles are
+        compute-bound while a light expert's are bound by reading its weights, and the scheduler
+        does not overlap the two, so the kernel takes at least sum_e max(compute_e, memory_e).
+        For a balanced load that sum equals max(compute, memory); under skew it is what makes
+        a grouped GEMM slower at the same total tokens (docs/compute.md, "Skew")."""
         self._check_dtype(dtype)
         tokens = self._tokens(tokens_per_expert)
         n, k = float(_positive_int(n, "n")), float(_positive_int(k, "k"))
         p, d, sms = self.params, self.params.dtypes[dtype], self._sms
-        tile_k = p.tile_k[dtype]
         rate = self._flops_per_s(dtype)
-        total_tokens = tokens.sum(axis=-1)
-        active = (tokens > 0).sum(axis=-1)
-        memory = (total_tokens * k * (d.input_bytes + d.a_scale_bytes_per_element)
-                  + active * k * n * (d.input_bytes + d.b_scale_bytes_per_element)
-                  + total_tokens * n * d.output_bytes) / self.hbm_bytes_per_s
-        compute = None
+        active = tokens > 0
+        # Bytes per expert: its activations in and out, its weights once if it has any token.
+        memory_e = (tokens * (k * (d.input_bytes + d.a_scale_bytes_per_element) + n * d.output_bytes)
+                    + active * k * n * (d.input_bytes + d.b_scale_bytes_per_element)) / self.hbm_bytes_per_s
+        memory = memory_e.sum(axis=-1)
+        best = None
         for tile_m, tile_n in p.tile_shapes:
-            tiles = _ceil_div(tokens, tile_m).sum(axis=-1) * np.ceil(n / tile_n)
-            c = np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * self._tile_depth(k, dtype) / rate
-            compute = c if compute is None else np.minimum(compute, c)
+            tiles_e = _ceil_div(tokens, tile_m) * np.ceil(n / tile_n)
+            tile_flops = 2.0 * tile_m * tile_n * self._tile_depth(k, dtype)
+            compute_shape = np.ceil(tiles_e.sum(axis=-1) / sms) * sms * tile_flops / rate
+            per_expert_shape = np.maximum(tiles_e * tile_flops / rate, memory_e).sum(axis=-1)
+            # Each bound at the tile shape that suits it best (the library's heuristic picks one).
+            compute = compute_shape if best is None else np.minimum(best[0], compute_shape)
+            per_expert = per_expert_shape if best is None else np.minimum(best[1], per_expert_shape)
+            best = (compute, per_expert)
+        compute, per_expert = best
+        body = np.maximum(np.maximum(compute, memory), per_expert)
         overhead = np.full(compute.shape, p.kernel_overhead_s)  # launched even when every expert is empty
-        return {"compute_s": compute, "memory_s": memory, "overhead_s": overhead,
-                "total_s": overhead + np.maximum(compute, memory)}
+        return {"compute_s": compute, "memory_s": memory, "per_expert_s": per_expert, "overhead_s": overhead,
+                "total_s": overhead + body}
 
     def grouped_gemm_s(self, tokens_per_expert, n, k, dtype: str):
         return _as_output(self.grouped_gemm_parts(tokens_per_expert, n, k, dtype)["total_s"])
@@ -254,28 +266,33 @@ class RooflineModel:
     def grouped_gemm_wgrad_parts(self, tokens_per_expert, n, k, dtype: str) -> dict:
         """Breakdown of ``grouped_gemm_wgrad_s``: each active expert has the same (k x n) output
         tiles, but a tile's depth is that expert's token count, so tiles differ in length; they are
-        dispatched longest first in waves over the SMs."""
+        dispatched longest first in waves over the SMs. As in ``grouped_gemm_parts``, no faster
+        than the sum of the experts' own rooflines (``per_expert_s``)."""
         self._check_dtype(dtype)
         tokens = self._tokens(tokens_per_expert)
         n, k = float(_positive_int(n, "n")), float(_positive_int(k, "k"))
         p, d, sms = self.params, self.params.dtypes[dtype], self._sms
-        tile_k = p.tile_k[dtype]
         rate_per_sm = self._flops_per_s(dtype) / sms
         ordered = -np.sort(-tokens, axis=-1)  # descending: longest tiles first
         active = ordered > 0
-        total_tokens = tokens.sum(axis=-1)
         # Both operands are activations here (X^T and dY): activation-style scales on both.
-        memory = (total_tokens * (k + n) * (d.input_bytes + d.a_scale_bytes_per_element)
-                  + active.sum(axis=-1) * k * n * d.output_bytes) / self.hbm_bytes_per_s
-        compute = None
+        memory_e = (ordered * (k + n) * (d.input_bytes + d.a_scale_bytes_per_element)
+                    + active * k * n * d.output_bytes) / self.hbm_bytes_per_s
+        memory = memory_e.sum(axis=-1)
+        best = None
         for tile_m, tile_n in p.tile_shapes:
             tiles = np.where(active, np.ceil(k / tile_m) * np.ceil(n / tile_n), 0.0)
             tile_s = 2.0 * tile_m * tile_n * self._tile_depth(ordered, dtype) / rate_per_sm
-            c = _wave_makespan(tile_s, tiles, sms)
-            compute = c if compute is None else np.minimum(compute, c)
+            compute_shape = _wave_makespan(tile_s, tiles, sms)
+            per_expert_shape = np.maximum(tiles * tile_s / sms, memory_e).sum(axis=-1)
+            compute = compute_shape if best is None else np.minimum(best[0], compute_shape)
+            per_expert = per_expert_shape if best is None else np.minimum(best[1], per_expert_shape)
+            best = (compute, per_expert)
+        compute, per_expert = best
+        body = np.maximum(np.maximum(compute, memory), per_expert)
         overhead = np.full(compute.shape, p.kernel_overhead_s)
-        return {"compute_s": compute, "memory_s": memory, "overhead_s": overhead,
-                "total_s": overhead + np.maximum(compute, memory)}
+        return {"compute_s": compute, "memory_s": memory, "per_expert_s": per_expert, "overhead_s": overhead,
+                "total_s": overhead + body}
 
     def grouped_gemm_wgrad_s(self, tokens_per_expert, n, k, dtype: str):
         return _as_output(self.grouped_gemm_wgrad_parts(tokens_per_expert, n, k, dtype)["total_s"])
