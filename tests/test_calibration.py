@@ -33,7 +33,7 @@ from simmoe.compute import ComputeModel, RooflineModel, gemm_backward_s, grouped
 from simmoe.errors import InputError, ProfileError
 
 GPU = "H100-SXM"
-ROOF = RooflineModel(GPU)
+ROOF = RooflineModel(GPU, clocks="burst")  # what profiles are read against
 
 
 @pytest.fixture(scope="module")

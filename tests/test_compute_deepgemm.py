@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from simmoe.compute import RooflineModel
 from simmoe.errors import InputError
 
-H800 = RooflineModel("H800-SXM")
+H800 = RooflineModel("H800-SXM", clocks="burst")
 
 # (M, N, K, published TFLOPS): normal GEMMs, DeepSeek-V3 shapes, M = 4096 tokens.
 DENSE = [(4096, 2112, 7168, 1058), (4096, 24576, 1536, 990), (4096, 32768, 512, 590),
@@ -49,7 +49,7 @@ def test_short_k_runs_slower_than_long_k():
 
 def test_comm_sms_take_their_share_of_a_full_wave_gemm():
     # 14336 x 2048: 112 x 16 tiles of 128x128 = 16 waves on 112 SMs, 13.6 -> 14 waves on 132 SMs.
-    reduced = RooflineModel("H800-SXM", comm_sms=20)
+    reduced = RooflineModel("H800-SXM", clocks="burst", comm_sms=20)
     m, n, k = 112 * 128, 2048, 8192
     full_t, reduced_t = H800.gemm_s(m, n, k, "bf16"), reduced.gemm_s(m, n, k, "bf16")
     e = H800.gemm_efficiency["bf16"]
@@ -57,17 +57,17 @@ def test_comm_sms_take_their_share_of_a_full_wave_gemm():
     # 128x256 tiles: 112 x 8 = 896 tiles = 8 waves of 112; rate 989e12 * e * 112/132.
     assert busy == pytest.approx(8 * 112 * 2 * 128 * 256 * k / (989e12 * e * 112 / 132), rel=1e-9)
     assert reduced_t > full_t
-    assert reduced.identifier.startswith("roofline:H800-SXM/112sm:")
+    assert reduced.identifier.startswith("roofline:H800-SXM/112sm/burst:")
     assert reduced.describe()["compute_sms"] == 112
 
 
 def test_comm_sms_leave_memory_bound_kernels_alone():
-    reduced = RooflineModel("H800-SXM", comm_sms=20)
+    reduced = RooflineModel("H800-SXM", clocks="burst", comm_sms=20)
     assert reduced.memory_bound_s(1e9) == H800.memory_bound_s(1e9)
 
 
 def test_comm_sms_slow_attention_by_the_sm_ratio_at_full_waves():
-    reduced = RooflineModel("H800-SXM", comm_sms=20)
+    reduced = RooflineModel("H800-SXM", clocks="burst", comm_sms=20)
     # 1 x 112 heads x 1 query block (non-causal, 128 tokens): one wave either way, same time.
     args = (1, 128, 112, 128, 128, False, "bf16", False)
     assert reduced.attention_parts(*args)["compute_s"] == pytest.approx(H800.attention_parts(*args)["compute_s"])
@@ -80,12 +80,12 @@ def test_comm_sms_slow_attention_by_the_sm_ratio_at_full_waves():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 20000), st.integers(1, 20000), st.integers(1, 20000), st.integers(0, 100))
 def test_fewer_sms_never_run_faster(m, n, k, comm):
-    reduced = RooflineModel("H800-SXM", comm_sms=comm)
+    reduced = RooflineModel("H800-SXM", clocks="burst", comm_sms=comm)
     assert reduced.gemm_s(m, n, k, "fp8") >= H800.gemm_s(m, n, k, "fp8") * (1 - 1e-12)
 
 
 @pytest.mark.parametrize("bad", [-1, 132, 500, 2.5, True])
 def test_bad_comm_sms_is_an_input_error(bad):
     with pytest.raises(InputError) as err:
-        RooflineModel("H800-SXM", comm_sms=bad, comm_sms_field="parallelism.comm_sms")
+        RooflineModel("H800-SXM", clocks="burst", comm_sms=bad, comm_sms_field="parallelism.comm_sms")
     assert "parallelism.comm_sms" in str(err.value)

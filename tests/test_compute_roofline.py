@@ -23,7 +23,7 @@ from simmoe.compute import (
 from simmoe.compute.params import DEFAULT_ROOFLINE_FILE
 from simmoe.errors import InputError
 
-H100 = RooflineModel("H100-SXM")
+H100 = RooflineModel("H100-SXM", clocks="burst")  # the anchors and hand oracles are burst figures
 OVERHEAD_S = 3.0e-6  # kernel_overhead_s in simmoe/data/roofline.yaml
 SMS = 132  # H100-SXM
 BF16_PEAK = 989e12
@@ -269,7 +269,7 @@ def test_memory_bound_time_is_bytes_over_achievable_hbm_bandwidth():
     # H100 HBM 3.35 TB/s x (3.0 / 3.35 measured copy) = 3.0e12 B/s.
     assert H100.memory_bound_s(1e9, kernels=0) == pytest.approx(1e9 / 3.0e12, rel=1e-12)
     assert H100.memory_bound_s(1e9) == pytest.approx(1e9 / 3.0e12 + OVERHEAD_S, rel=1e-12)
-    a100 = RooflineModel("A100-SXM-80GB")
+    a100 = RooflineModel("A100-SXM-80GB", clocks="burst")
     assert a100.memory_bound_s(1e9, kernels=0) == pytest.approx(1e9 / (2.039e12 * 3.0 / 3.35), rel=1e-12)
     assert H100.memory_bound_s(np.array([0, 1e6, 1e9]), kernels=0).shape == (3,)
 
@@ -392,3 +392,22 @@ def test_skewed_wgrad_pays_each_experts_own_roofline():
         for tm, tn in p.tile_shapes)
     assert float(parts["per_expert_s"]) == pytest.approx(per_expert, rel=1e-12)
     assert float(parts["total_s"]) >= p.kernel_overhead_s + per_expert * (1 - 1e-12)
+
+
+def test_sustained_clocks_slow_tensor_cores_not_hbm():
+    """The default model runs at sustained clocks: compute-bound GEMM and attention times x the
+    roofline.yaml factor, a memory-bound kernel unchanged, the identifier says which."""
+    hot = RooflineModel("H100-SXM")
+    factor = hot.params.sustained_clock_factor
+    assert hot.clocks == "sustained" and 1.0 < factor["bf16"] < 1.5 and 1.0 < factor["fp8"] < 1.5
+    for dtype in ("bf16", "fp8"):
+        burst_parts = H100.gemm_parts(8192, 8192, 8192, dtype)
+        assert hot.gemm_s(8192, 8192, 8192, dtype) == pytest.approx(
+            float(burst_parts["overhead_s"] + factor[dtype] * burst_parts["compute_s"]),
+            rel=1e-12)
+    attn = lambda m: m.attention_parts(1, 8192, 16, 128, 128, True, "bf16", False)  # noqa: E731
+    assert float(attn(hot)["compute_s"]) == pytest.approx(factor["bf16"] * float(attn(H100)["compute_s"]), rel=1e-12)
+    assert hot.memory_bound_s(1e9) == H100.memory_bound_s(1e9)
+    assert hot.identifier != H100.identifier and "/burst" in H100.identifier and "/burst" not in hot.identifier
+    with pytest.raises(InputError):
+        RooflineModel("H100-SXM", clocks="turbo")

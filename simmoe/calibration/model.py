@@ -41,9 +41,11 @@ class ProfileModel:
         self.path = str(path)
         self.profile: Profile = read_profile(path)
         meta = self.profile.metadata
-        self.roofline = roofline if roofline is not None else RooflineModel(gpu_name)
-        if self.roofline.spec.name != gpu_name:
-            raise ValueError(f"roofline is for {self.roofline.spec.name}, not {gpu_name}")  # caller's bug
+        # The profile's own kernels ran at burst clocks: it is read against the burst roofline.
+        self.roofline = roofline if roofline is not None else RooflineModel(gpu_name, clocks="burst")
+        if self.roofline.spec.name != gpu_name or self.roofline.clocks != "burst":
+            raise ValueError(f"roofline is {self.roofline.identifier}; a profile needs {gpu_name}'s at burst "
+                             "clocks")  # caller's bug
         if meta["gpu"] and meta["gpu"] != gpu_name:
             raise ProfileError(f"profile was measured on {meta['gpu']} ({meta['device']}), but the scenario's GPU "
                                f"is {gpu_name}", file=self.path, field="gpu", value=meta["gpu"],
@@ -349,8 +351,9 @@ def load_compute_model(gpu_name: str, calibration: str | Path | None, *,
     ``comm_sms``: SMs communication kernels hold throughout (the scenario's parallelism.comm_sms);
     the profile was measured on all SMs, so its tensor-core kernels are scaled by the SM ratio."""
     if calibration is None:
-        return RooflineModel(gpu_name, comm_sms=comm_sms, comm_sms_field="parallelism.comm_sms")
-    profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name), dtypes=dtypes,
+        return RooflineModel(gpu_name, comm_sms=comm_sms, comm_sms_field="parallelism.comm_sms", clocks=clocks)
+    profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name, clocks="burst"),
+                           dtypes=dtypes,
                            clocks=clocks)
     return profile.with_sms_held(comm_sms) if comm_sms else profile
 

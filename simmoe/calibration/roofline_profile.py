@@ -35,7 +35,7 @@ def roofline_time_s(model: RooflineModel, case: dict) -> float:
 
 def roofline_profile(gpu_name: str, *, grid: Grid = FULL, command: str = "") -> tuple[pa.Table, dict[str, str]]:
     """Table and metadata (write with ``write_profile``) for ``gpu_name`` on ``grid``."""
-    model = RooflineModel(gpu_name, field="--roofline")
+    model = RooflineModel(gpu_name, field="--roofline", clocks="burst")  # a profile holds burst times
     dtypes = tuple(d for d in ("bf16", "fp8") if d in model.gemm_efficiency)
     rows = []
     for case in grid_cases(grid, dtypes):

@@ -53,6 +53,7 @@ class RooflineParams:
     attention_block_q: int
     attention_block_k: int
     attention_fraction_of_peak: dict[str, float]  # keys "<dtype>_forward" / "<dtype>_backward"
+    sustained_clock_factor: dict[str, float]  # tensor-core time at sustained / burst clocks, per dtype
     source: str  # file name the parameters came from
     path: str  # full path of that file
     sha256: str  # of that file's text: names the parameter set in results metadata
@@ -146,6 +147,14 @@ def _parse(text: str, file: str) -> RooflineParams:
                              allowed="a fraction in (0, 1]")
         attention_fraction[str(key)] = float(value)
 
+    sustained = {}
+    for dtype in DTYPES:
+        value = _positive(tree, f"sustained_clocks.factor.{dtype}", file)
+        if not 1.0 <= value <= 3.0:
+            raise InputError("bad value", file=file, field=f"sustained_clocks.factor.{dtype}", value=value,
+                             allowed="a ratio between 1 (burst clocks) and 3")
+        sustained[dtype] = float(value)
+
     return RooflineParams(
         kernel_overhead_s=float(_positive(tree, "kernel_overhead_s.value", file, allow_zero=True)),
         hbm_anchor_gpu=str(_get(tree, "hbm.anchor_gpu", file)),
@@ -161,6 +170,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         attention_block_q=_positive(tree, "attention.block_q", file, integer=True),
         attention_block_k=_positive(tree, "attention.block_k", file, integer=True),
         attention_fraction_of_peak=attention_fraction,
+        sustained_clock_factor=sustained,
         source=Path(file).name,
         path=str(file),
         sha256=hashlib.sha256(text.encode()).hexdigest(),

@@ -9,6 +9,7 @@ bandwidth bound; that is where fine-grained experts and imbalance hurt.
 
 from __future__ import annotations
 
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -53,20 +54,29 @@ def _wave_makespan(durations, counts, slots: int):
     return np.sum(durations * starts, axis=-1)
 
 
+CLOCKS = ("sustained", "burst")
+
+
 class RooflineModel:
     """Compute model from datasheet figures and simmoe/data/roofline.yaml. Implements ComputeModel."""
 
     kind = "roofline"
 
     def __init__(self, gpu_name: str, *, params_file=None, file: str | None = None, field: str = "gpu",
-                 comm_sms: int = 0, comm_sms_field: str = "comm_sms") -> None:
+                 comm_sms: int = 0, comm_sms_field: str = "comm_sms", clocks: str = "sustained") -> None:
         """``comm_sms``: SMs that communication kernels hold while compute runs (DeepEP-style
         all-to-alls overlapped with compute, the scenario's ``parallelism.comm_sms``); compute
-        kernels get the other ``spec.sms - comm_sms``. ``comm_sms_field`` names it in errors."""
+        kernels get the other ``spec.sms - comm_sms``. ``comm_sms_field`` names it in errors.
+        ``clocks``: "sustained" (a training run at the power cap: tensor-core rates divided by
+        roofline.yaml's sustained_clocks factor) or "burst" (as the anchors were measured)."""
+        if clocks not in CLOCKS:
+            raise InputError("unknown clocks", field="clocks", value=clocks, allowed=", ".join(CLOCKS))
         self.spec: GpuSpec = gpu_spec(gpu_name, file=file, field=field)
         self.params: RooflineParams = load_roofline_params(params_file)
         self._params_file = params_file
+        self.clocks = clocks
         p = self.params
+        self.clock_factor = {d: (p.sustained_clock_factor[d] if clocks == "sustained" else 1.0) for d in DTYPES}
         self.comm_sms = check_sms_held(int(self.spec.sms), comm_sms, gpu=self.spec.name, file=file,
                                        field=comm_sms_field)
         self._sms = int(self.spec.sms) - self.comm_sms
@@ -81,12 +91,13 @@ class RooflineModel:
         }
         self._scalar_cache: dict[tuple, float] = {}
         sms_tag = "" if self._sms == self.spec.sms else f"/{self._sms}sm"
-        self.identifier = f"roofline:{self.spec.name}{sms_tag}:{p.source}@{p.sha256[:12]}"
+        clock_tag = "" if clocks == "sustained" else f"/{clocks}"
+        self.identifier = f"roofline:{self.spec.name}{sms_tag}{clock_tag}:{p.source}@{p.sha256[:12]}"
 
     def with_sms_held(self, extra: int) -> "RooflineModel":
         """The same GPU and parameters with ``extra`` more SMs held by communication kernels (an
         NCCL collective in flight beside compute; simmoe.compute.sm_share)."""
-        return RooflineModel(self.spec.name, params_file=self._params_file,
+        return RooflineModel(self.spec.name, params_file=self._params_file, clocks=self.clocks,
                              comm_sms=min(self.comm_sms + int(extra), int(self.spec.sms) - 1))
 
     # -- hardware lookups -------------------------------------------------------------------------
@@ -107,8 +118,9 @@ class RooflineModel:
 
     def _flops_per_s(self, dtype: str) -> float:
         """Main-loop rate of a GEMM in ``dtype`` on the compute SMs: datasheet peak x solved
-        efficiency x the fraction of SMs compute may use."""
-        return self._peak_or_none(self.spec, dtype) * self.gemm_efficiency[dtype] * self.sm_fraction
+        efficiency x the fraction of SMs compute may use, at the model's clocks."""
+        return (self._peak_or_none(self.spec, dtype) * self.gemm_efficiency[dtype] * self.sm_fraction
+                / self.clock_factor[dtype])
 
     def _tile_depth(self, k, dtype: str):
         """Main-loop depth one tile pays for: K padded to the main-loop step, plus the per-tile fixed
@@ -243,22 +255,12 @@ class RooflineModel:
         # Bytes per expert: its activations in and out, its weights once if it has any token.
         memory_e = (tokens * (k * (d.input_bytes + d.a_scale_bytes_per_element) + n * d.output_bytes)
                     + active * k * n * (d.input_bytes + d.b_scale_bytes_per_element)) / self.hbm_bytes_per_s
-        memory = memory_e.sum(axis=-1)
-        best = None
+        bounds = []  # per tile shape: (wave-quantized compute, each expert's own compute)
         for tile_m, tile_n in p.tile_shapes:
             tiles_e = _ceil_div(tokens, tile_m) * np.ceil(n / tile_n)
-            tile_flops = 2.0 * tile_m * tile_n * self._tile_depth(k, dtype)
-            compute_shape = np.ceil(tiles_e.sum(axis=-1) / sms) * sms * tile_flops / rate
-            per_expert_shape = np.maximum(tiles_e * tile_flops / rate, memory_e).sum(axis=-1)
-            # Each bound at the tile shape that suits it best (the library's heuristic picks one).
-            compute = compute_shape if best is None else np.minimum(best[0], compute_shape)
-            per_expert = per_expert_shape if best is None else np.minimum(best[1], per_expert_shape)
-            best = (compute, per_expert)
-        compute, per_expert = best
-        body = np.maximum(np.maximum(compute, memory), per_expert)
-        overhead = np.full(compute.shape, p.kernel_overhead_s)  # launched even when every expert is empty
-        return {"compute_s": compute, "memory_s": memory, "per_expert_s": per_expert, "overhead_s": overhead,
-                "total_s": overhead + body}
+            tile_s = 2.0 * tile_m * tile_n * self._tile_depth(k, dtype) / rate
+            bounds.append((np.ceil(tiles_e.sum(axis=-1) / sms) * sms * tile_s, tiles_e * tile_s))
+        return self._grouped_parts(bounds, memory_e)
 
     def grouped_gemm_s(self, tokens_per_expert, n, k, dtype: str):
         return _as_output(self.grouped_gemm_parts(tokens_per_expert, n, k, dtype)["total_s"])
@@ -278,21 +280,25 @@ class RooflineModel:
         # Both operands are activations here (X^T and dY): activation-style scales on both.
         memory_e = (ordered * (k + n) * (d.input_bytes + d.a_scale_bytes_per_element)
                     + active * k * n * d.output_bytes) / self.hbm_bytes_per_s
-        memory = memory_e.sum(axis=-1)
-        best = None
+        bounds = []
         for tile_m, tile_n in p.tile_shapes:
             tiles = np.where(active, np.ceil(k / tile_m) * np.ceil(n / tile_n), 0.0)
             tile_s = 2.0 * tile_m * tile_n * self._tile_depth(ordered, dtype) / rate_per_sm
-            compute_shape = _wave_makespan(tile_s, tiles, sms)
-            per_expert_shape = np.maximum(tiles * tile_s / sms, memory_e).sum(axis=-1)
-            compute = compute_shape if best is None else np.minimum(best[0], compute_shape)
-            per_expert = per_expert_shape if best is None else np.minimum(best[1], per_expert_shape)
-            best = (compute, per_expert)
-        compute, per_expert = best
-        body = np.maximum(np.maximum(compute, memory), per_expert)
-        overhead = np.full(compute.shape, p.kernel_overhead_s)
+            bounds.append((_wave_makespan(tile_s, tiles, sms), tiles * tile_s / sms))
+        return self._grouped_parts(bounds, memory_e)
+
+    def _grouped_parts(self, bounds: list, memory_e: np.ndarray) -> dict:
+        """A grouped kernel's time from its bounds: per tile shape (the kernel's compute, each
+        expert's compute, experts on the last axis) and each expert's memory time. Each bound at
+        the tile shape that suits it best (the library's heuristic picks one); the kernel is no
+        faster than its compute, its bytes, or the sum of its experts' own rooflines, and pays one
+        launch even when every expert is empty."""
+        memory = memory_e.sum(axis=-1)
+        compute = reduce(np.minimum, [c for c, _ in bounds])
+        per_expert = reduce(np.minimum, [np.maximum(e, memory_e).sum(axis=-1) for _, e in bounds])
+        overhead = np.full(np.shape(compute), self.params.kernel_overhead_s)
         return {"compute_s": compute, "memory_s": memory, "per_expert_s": per_expert, "overhead_s": overhead,
-                "total_s": overhead + body}
+                "total_s": overhead + np.maximum(np.maximum(compute, memory), per_expert)}
 
     def grouped_gemm_wgrad_s(self, tokens_per_expert, n, k, dtype: str):
         return _as_output(self.grouped_gemm_wgrad_parts(tokens_per_expert, n, k, dtype)["total_s"])
@@ -330,7 +336,8 @@ class RooflineModel:
         ordered = -np.sort(-blocks)
         makespan_blocks = _wave_makespan(ordered, np.full(ordered.shape, b * h), sms)
         # Per-SM rate is the whole GPU's over all its SMs; waves run over the compute SMs.
-        compute = makespan_blocks * block_flops / (self._peak_or_none(self.spec, dtype) / self.spec.sms * fraction)
+        compute = makespan_blocks * block_flops * self.clock_factor[dtype] / (
+            self._peak_or_none(self.spec, dtype) / self.spec.sms * fraction)
         memory = bytes_moved / self.hbm_bytes_per_s
         overhead = p.kernel_overhead_s
         return {"compute_s": float(compute), "memory_s": float(memory), "overhead_s": overhead,
