@@ -1,25 +1,30 @@
 """Ground truth for one MoE layer: a real PyTorch layer timed on one device vs simmoe's prediction.
 
-    .venv/bin/python benchmarks/moe_layer_ground_truth.py                      # CUDA, full grid
-    .venv/bin/python benchmarks/moe_layer_ground_truth.py --quick --gpu H100-SXM --out gt.csv
-    .venv/bin/python benchmarks/moe_layer_ground_truth.py --profile h100.parquet   # calibrated model
-    .venv/bin/python benchmarks/moe_layer_ground_truth.py --device cpu            # smoke test only
+    python benchmarks/moe_layer_ground_truth.py --profile measured:H100-SXM --out gt.csv  # CUDA, full grid
+    python benchmarks/moe_layer_ground_truth.py --quick --layer eager --clocks burst --preheat 0
+    python benchmarks/moe_layer_ground_truth.py --replay gt.csv --profile h100.parquet  # predict again, no GPU
+    python benchmarks/moe_layer_ground_truth.py --device cpu                           # smoke test only
 
 The measured layer (BF16, forward + backward, ``torch.autograd.grad`` w.r.t. the input, the router
 and both expert weights): router ``F.linear`` -> FP32 softmax (or sigmoid, top-k renormalized) ->
-``topk`` -> permute (``sort`` of the flat expert ids, ``index_select``) -> grouped SwiGLU experts
+``topk`` -> ``sort`` of the flat expert ids -> permute -> grouped SwiGLU experts
 (``torch._grouped_mm`` over device offsets when it runs forward and backward here, else a loop of
-per-expert matmuls) -> scale by the routing weights -> unpermute (``index_add``). The routing is
-fixed in advance so its histogram is the case's: a constant (tokens x experts) FP32 bias with +50
-on each token's chosen experts is added to the router logits (one small elementwise kernel the
-model does not list). ``balanced`` splits tokens*top_k evenly; ``zipf:S`` follows
-``simmoe.calibration.grid.expert_histogram``, capped at one slot per token per expert.
+per-expert matmuls) -> unpermute with the routing weights. ``--layer fused`` (default): the
+memory-bound steps as a production layer runs them (``FusedKernels``: compiled SwiGLU, gathers
+both ways, no atomics); ``--layer eager``: plain PyTorch ops (unfused SiLU and multiply,
+``index_add``). The routing is fixed in advance so its histogram is the case's: a constant
+(tokens x experts) FP32 bias with +50 on each token's chosen experts is added to the router logits
+(one small elementwise kernel the model does not list). ``balanced`` splits tokens*top_k evenly;
+``zipf:S`` follows ``simmoe.calibration.grid.expert_histogram``, capped at one slot per token per
+expert. Each case runs back to back for ``--preheat`` seconds (default 3 on CUDA) before it is
+timed, so it is measured at sustained (power-capped) clocks, which is what ``--clocks sustained``
+(default) predicts.
 
 The prediction: a one-layer MoE scenario (same hidden, experts, top-k, expert_ffn, tokens; tp = ep
 = 1, router in BF16) through ``simmoe.workload.build_stage_program``; its ``L0.moe.*`` ops
 (router GEMM, top-k, permute, fc1, act, fc2, unpermute and their backward; residual excluded) are
 timed as the engine times them, the grouped GEMMs with the draw's actual tokens per expert, and
-summed (one stream, no overlap). Compute model: ``load_compute_model(--gpu, --profile)``.
+summed (one stream, no overlap). Compute model: ``load_compute_model(--gpu, --profile, clocks=--clocks)``.
 
 Timing: simmoe.calibration.bench (CUDA events after ``torch.cuda._sleep``, rotated input sets,
 median of the repeats after warm-up). CPU times say nothing about a GPU; on --device cpu the
@@ -528,9 +533,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--impl", choices=("auto", "grouped_mm", "loop"), default="auto",
                     help="grouped expert kernel: auto = torch._grouped_mm if it runs, else a loop of matmuls")
     ap.add_argument("--expert-gib", type=float, default=6.0, help="budget for all experts' weights (sets expert_ffn)")
-    ap.add_argument("--preheat", type=float, default=0.0, metavar="SECONDS",
+    ap.add_argument("--preheat", type=float, default=None, metavar="SECONDS",
                     help="run the layer back to back this long before timing each case, so it is timed "
-                    "at sustained (power-capped) clocks, as a training run is")
+                    "at sustained (power-capped) clocks, as a training run is (default 3 on CUDA, 0 on CPU)")
     ap.add_argument("--clocks", choices=("sustained", "burst"), default="sustained",
                     help="a profile's kernel times at sustained clocks (its measured sustained/burst GEMM "
                     "ratio; pair with --preheat) or as measured (burst)")
@@ -555,6 +560,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return _report(rows, args)
     if args.device is None:
         args.device = "cuda" if import_torch().cuda.is_available() else "cpu"
+    if args.preheat is None:
+        args.preheat = 3.0 if args.device == "cuda" else 0.0
     if args.device == "cpu":
         print("NOTE: --device cpu: tiny shapes, CPU times. They are NOT comparable to simmoe's GPU roofline / "
               "profile prediction; this run only exercises the script.", file=sys.stderr)

@@ -476,3 +476,17 @@ def test_bad_sustained_measurement_is_named(base, tmp_path, entries, words):
     with pytest.raises(ProfileError) as err:
         ProfileModel(_with_sustained(base, tmp_path, entries), gpu_name=GPU)
     assert words in str(err.value) and "sustained_gemm" in str(err.value)
+
+
+@pytest.mark.parametrize("device, gpu", [("NVIDIA H100 80GB HBM3", "H100-SXM"), ("NVIDIA H200", "H200-SXM"),
+                                         ("NVIDIA H200 NVL", ""), ("NVIDIA H800", "H800-SXM"),
+                                         ("NVIDIA GB200", "GB200"), ("NVIDIA B200", "B200"), ("Tesla T4", "")])
+def test_cuda_device_names_map_to_simmoe_gpus(device, gpu):
+    """As torch.cuda.get_device_name reports them (the H100 and H200 strings were read on lent GPUs)."""
+    from simmoe.cli.calibrate import guess_gpu
+
+    assert guess_gpu(device) == gpu
+
+
+def test_a_profile_without_a_sustained_measurement_says_it_runs_at_burst_clocks(roof_model):
+    assert roof_model.sustained == {} and roof_model.describe()["clocks"].startswith("burst")

@@ -22,7 +22,7 @@ from simmoe.calibration.grid import expert_histogram
 from simmoe.calibration.interp import FittedTable, fit_table
 from simmoe.calibration.schema import MEMORY_OPS, REQUIRED_OPS, STREAMING_MEMORY_OPS, Profile, read_profile
 from simmoe.compute.model import ComputeModel
-from simmoe.compute.roofline import RooflineModel
+from simmoe.compute.roofline import CLOCKS, RooflineModel
 from simmoe.errors import InputError, ProfileError
 
 
@@ -336,7 +336,8 @@ class ProfileModel:
             "roofline": self.roofline.identifier,
             "tables": {name: {k: v for k, v in t.items() if k != "axes"} for name, t in self.tables().items()},
             "grouped_skew_check_max_rel_error": dict(self.skew_check),
-            "clocks": self.clocks,
+            "clocks": self.clocks if self.sustained or self.clocks == "burst" else
+            "burst (the profile has no sustained_gemm measurement: kernel times as measured)",
             "sustained_factor": dict(self.sustained),
             "extrapolated": dict(self.extrapolated),
             "fallbacks": dict(self.fallbacks),
@@ -353,12 +354,8 @@ def load_compute_model(gpu_name: str, calibration: str | Path | None, *,
     if calibration is None:
         return RooflineModel(gpu_name, comm_sms=comm_sms, comm_sms_field="parallelism.comm_sms", clocks=clocks)
     profile = ProfileModel(calibration, gpu_name=gpu_name, roofline=RooflineModel(gpu_name, clocks="burst"),
-                           dtypes=dtypes,
-                           clocks=clocks)
+                           dtypes=dtypes, clocks=clocks)
     return profile.with_sms_held(comm_sms) if comm_sms else profile
-
-
-CLOCKS = ("sustained", "burst")
 
 
 def sustained_factors(meta: dict[str, str], file: str) -> dict[str, float]:

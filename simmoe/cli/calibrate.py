@@ -15,9 +15,10 @@ from simmoe.errors import InputError
 DTYPES = ("bf16", "fp8")
 
 # torch.cuda device names -> simmoe/data/hardware.yaml names (first match wins; order matters:
-# "GB200" contains "B200").
+# "GB200" contains "B200"; the H200 NVL, a 600 W PCIe card, is not simmoe's H200-SXM).
 _DEVICE_NAMES = (("GB200", "GB200"), ("B200", "B200"), ("H800", "H800-SXM"), ("H100 80GB HBM3", "H100-SXM"),
-                 ("H100-SXM", "H100-SXM"), ("H200", "H200-SXM"), ("A100-SXM4-80GB", "A100-SXM-80GB"), ("V100-SXM2", "V100-SXM2"))
+                 ("H100-SXM", "H100-SXM"), ("H200 NVL", ""), ("H200", "H200-SXM"),
+                 ("A100-SXM4-80GB", "A100-SXM-80GB"), ("V100-SXM2", "V100-SXM2"))
 
 
 def guess_gpu(device_name: str) -> str:
