@@ -1,7 +1,7 @@
 """The shapes `simmoe calibrate` measures (docs/calibration.md, "The grid").
 
-Three grids: ``full`` (a GPU, sized for <= 5 minutes on an H100), ``quick`` (a GPU, <= 30 s) and
-``cpu`` (tiny shapes: CPU BF16 matmuls are slow, a CPU run takes seconds). The roofline profile
+Three grids: ``full`` (a GPU: 87 s on an H100, sustained burn included), ``quick`` (a GPU: a few
+shapes per family, 3 s burns) and ``cpu`` (tiny shapes: CPU BF16 matmuls are slow, a CPU run takes seconds). The roofline profile
 (``simmoe calibrate --roofline GPU``) uses the ``full`` grid so it lines up with a measured one.
 
 Each axis of a family is a product (the interpolation tables are regular grids in log space);

@@ -3,7 +3,6 @@ ranked by $ per token (fabric capex included), time to train and energy."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
