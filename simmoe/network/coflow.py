@@ -71,6 +71,18 @@ class CoflowRow:
     def __post_init__(self) -> None:
         object.__setattr__(self, "potential", self.vals * self.rate_alone_bytes_per_s)
 
+    @classmethod
+    def with_potential(cls, cols: np.ndarray, vals: np.ndarray, rate_alone_bytes_per_s: float,
+                       potential: np.ndarray) -> "CoflowRow":
+        """A row whose ``potential`` (= vals x rate alone, element by element) is already
+        computed (a batch of rows in one product)."""
+        row = object.__new__(cls)
+        object.__setattr__(row, "cols", cols)
+        object.__setattr__(row, "vals", vals)
+        object.__setattr__(row, "rate_alone_bytes_per_s", rate_alone_bytes_per_s)
+        object.__setattr__(row, "potential", potential)
+        return row
+
 
 @dataclass(frozen=True)
 class StagePlan:
@@ -176,18 +188,37 @@ class CoflowFabric:
             frac *= scale[cols][None, :]
         cap = self.capacity_bytes_per_s[cols]
         alone = 1.0 / np.max(frac / cap[None, :], axis=1)
+        # Every row's potential in one product (the same element-wise products CoflowRow makes).
+        with np.errstate(invalid="ignore"):  # 0 x inf: a row with no link, never made
+            potential = frac * alone[:, None]
         positive = frac > 0
         full = positive.all(axis=1)
+        make = CoflowRow.with_potential
         out = []
-        for b, (f, pos, is_full) in enumerate(zip(frac, positive, full.tolist())):
+        for f, p, pos, is_full, a, tot, lat in zip(frac, potential, positive, full.tolist(),
+                                                    alone.tolist(), total.tolist(),
+                                                    latency.tolist()):
             if is_full:
-                row = CoflowRow(cols, f, float(alone[b]))
+                row = make(cols, f, a, p)
             elif pos.any():
-                row = CoflowRow(cols[pos], f[pos], float(alone[b]))
+                row = make(cols[pos], f[pos], a, p[pos])
             else:
                 row = None
-            out.append((row, float(total[b]), float(latency[b])))
+            out.append((row, tot, lat))
         return out
+
+
+_TRANSPOSE_ROWS = 8  # micro-batches per block of MoeLinkLoads.inputs' transposed copy
+_MAX_LATENCY_GROUPS = 16  # distinct route latencies up to which loads_batch groups inputs
+
+
+def _latency_groups(lat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distinct positive latencies, (groups x inputs) 0/1 membership) of a link-load table's
+    per-input latencies; None when there are too many distinct values to be worth it."""
+    values = np.unique(lat[lat > 0])
+    if len(values) > _MAX_LATENCY_GROUPS:
+        return None
+    return values, (lat[None, :] == values[:, None]).astype(np.float64)
 
 
 def _local_ranks(node: np.ndarray) -> np.ndarray:
@@ -268,7 +299,8 @@ class MoeLinkLoads:
         used = np.flatnonzero(np.diff(K.indptr) > 0)
         K = K[used]
         K.sort_indices()
-        return used, K, np.concatenate(lats), np.concatenate(weights)
+        lat = np.concatenate(lats)
+        return used, K, lat, np.concatenate(weights), _latency_groups(lat)
 
     def inputs(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None) -> np.ndarray:
         """(inputs, batch) float token counts, one column per micro-batch: what
@@ -280,12 +312,17 @@ class MoeLinkLoads:
             t = t[None]
         b = t.shape[0]
         n_pairs = t[0].size
-        if not self.hier:
-            return t.reshape(b, -1).T.astype(np.float64, order="C")
-        tn = np.asarray(tokens_src_node).reshape(b, -1)
-        x = np.empty((n_pairs + tn.shape[1], b))
-        x[:n_pairs] = t.reshape(b, -1).T
-        x[n_pairs:] = tn.T
+        parts = [t.reshape(b, -1)]
+        if self.hier:
+            parts.append(np.asarray(tokens_src_node).reshape(b, -1))
+        x = np.empty((n_pairs + (parts[1].shape[1] if self.hier else 0), b))
+        # Transposed a few micro-batches at a time: the strided writes of one whole transposed
+        # copy miss the cache (3x slower at DeepSeek size). Same values.
+        for lo in range(0, b, _TRANSPOSE_ROWS):
+            hi = min(b, lo + _TRANSPOSE_ROWS)
+            x[:n_pairs, lo:hi] = parts[0][lo:hi].T
+            if self.hier:
+                x[n_pairs:, lo:hi] = parts[1][lo:hi].T
         return x
 
     def loads_batch(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
@@ -296,10 +333,17 @@ class MoeLinkLoads:
         ``x``: :meth:`inputs` of the same tokens, when already built."""
         if x is None:
             x = self.inputs(tokens_src_dst, tokens_src_node)
-        used, K, lat, weight = self._tables[combine]
+        used, K, lat, weight, groups = self._tables[combine]
         load = np.asarray(K @ x).T  # (batch, used links), in tokens
         total = weight @ x  # whole token counts: exact in any summation order
-        latency = np.max(np.where(x > 0, lat[:, None], 0.0), axis=0)
+        if groups is None or not x.min(initial=0.0) >= 0:  # (the grouping needs counts >= 0)
+            latency = np.max(np.where(x > 0, lat[:, None], 0.0), axis=0)
+        else:
+            # The largest latency among the inputs that carry tokens: a group of inputs of one
+            # latency carries some iff its token sum is > 0 (sums of counts >= 0: exact).
+            values, member = groups
+            carries = (member @ x) > 0  # (groups, batch)
+            latency = np.max(np.where(carries, values[:, None], 0.0), axis=0, initial=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             load /= np.where(total > 0, total, np.inf)[:, None]
         return used, load, latency, total

@@ -59,9 +59,8 @@ class _Routing:
     fabric_first: bool  # every switch->switch link numbered below every other link
     hops: np.ndarray | None = None  # (E, M) hop distance from each edge switch
     hops_to: np.ndarray | None = None  # (E, M) hop distance of every switch to each edge switch
-    per_dest: dict = field(default_factory=dict)  # edge id t -> csr (E x num_links)
-    table: sp.csr_matrix | None = None  # rows t * E + s, plus a last empty row
-    table_dests: frozenset = frozenset()
+    # edge id t -> (sorted source edge ids, csr rows of them x num_links): computed on demand
+    per_dest: dict = field(default_factory=dict)
     # Factored routes (route_factors): identical fabric columns merged, see _fabric_alias.
     link_alias: np.ndarray | None = None  # (num_links,) representative of each link's group
     rep_link: np.ndarray | None = None  # (num_links,) bool: link is its group's representative
@@ -197,9 +196,9 @@ class Topology:
                 i = int(np.flatnonzero(fab)[np.argmax(pairs == p)])
                 raise ValueError(f"no route from GPU {src[i]} to GPU {dst[i]}: "
                                  "the fabric is disconnected")
-            table = _ecmp_table(r, np.unique(used // num_edges), self.num_links)
-            rows = np.full(n, table.shape[0] - 1, dtype=np.int64)
-            rows[fab] = pairs
+            table = _ecmp_rows(r, used, self.num_links)
+            rows = np.full(n, len(used), dtype=np.int64)
+            rows[fab] = np.searchsorted(used, pairs)
             del pairs
         return _assemble(table, rows, host_cols, num_host, self.num_links, r.fabric_first)
 
@@ -389,7 +388,8 @@ def _adjacency(r: _Routing) -> sp.csr_matrix:
 
 
 def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndarray | None = None,
-                 keep_links: np.ndarray | None = None) -> sp.csr_matrix:
+                 keep_links: np.ndarray | None = None, sources: np.ndarray | None = None
+                 ) -> sp.csr_matrix:
     """(E x num_links) link fractions from every edge switch to edge switch ``t``.
 
     Hop distances to t define the shortest-path DAG; at each node the flow splits over DAG out-edges
@@ -399,6 +399,9 @@ def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndar
     ``source_weights`` (w x E): push w weighted sums of sources instead and return the dense
     (w x num_links) ``source_weights @ fractions`` (a cheap fingerprint of every link's column).
     ``keep_links`` (bool, num_links): only those link columns are filled.
+    ``sources`` (edge ids): only those rows, in that order (len(sources) x num_links). Every
+    source's mass is pushed on its own (per-column sums), so its row is the one of the full
+    table bit for bit.
     """
     num_edges = len(r.edge_nodes)
     m = r.num_switches
@@ -411,7 +414,10 @@ def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndar
 
     # Mass per (switch, source), switch-major so each level is one CSR x dense product with no
     # transposed copies (the same sums in the same order as flow @ step).
-    if source_weights is None:
+    if sources is not None:
+        mass = np.zeros((m, len(sources)))
+        mass[r.edge_nodes[sources], np.arange(len(sources))] = 1.0
+    elif source_weights is None:
         mass = np.zeros((m, num_edges))
         mass[r.edge_nodes, np.arange(num_edges)] = 1.0
     else:
@@ -425,6 +431,8 @@ def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndar
             step_t = sp.csr_matrix((share[at], (v[at], u[at])), shape=(m, m))
             mass += step_t @ mass
     flow = mass.T
+    if sources is not None:
+        return _fractions_of_sources(mass, u, share, link, num_links)
     if source_weights is not None or keep_links is not None:
         # Few columns (the fingerprint, or merged links only): link fraction = mass at the
         # link's tail x the link's share, as a dense (rows x DAG links) block.
@@ -450,22 +458,80 @@ def _ecmp_toward(r: _Routing, t: int, num_links: int, *, source_weights: np.ndar
     return out.tocsr()
 
 
-def _ecmp_table(r: _Routing, dests: np.ndarray, num_links: int) -> sp.csr_matrix:
-    """Rows t * E + s hold the ECMP fractions from edge switch s to t; a last row is empty."""
-    new = [int(t) for t in dests if int(t) not in r.per_dest]
-    for t in new:
-        r.per_dest[t] = _ecmp_toward(r, t, num_links)
-    if r.table is None or new:
-        num_edges = len(r.edge_nodes)
-        empty = sp.csr_matrix((num_edges, num_links))
-        blocks = [r.per_dest.get(t, empty) for t in range(num_edges)]
-        blocks.append(sp.csr_matrix((1, num_links)))
-        table = sp.vstack(blocks, format="csr")
-        table.sum_duplicates()
-        table.sort_indices()
-        r.table = table
-        r.table_dests = frozenset(r.per_dest)
-    return r.table
+_SOURCE_CHUNK = 64  # sources per dense (sources x links) block: bounds its memory
+
+
+def _fractions_of_sources(mass: np.ndarray, u: np.ndarray, share: np.ndarray, link: np.ndarray,
+                          num_links: int) -> sp.csr_matrix:
+    """(sources x num_links) CSR of link fraction = mass at the link's tail x the link's share,
+    from the pushed ``mass`` (switches x sources). A link has one tail, so each entry is one
+    product, the value ``csr(mass.T) @ share_at`` gives it; zeros are left out as there, and
+    columns come out ascending."""
+    n_src = mass.shape[1]
+    live = (mass != 0).any(axis=1)[u]  # links whose tail carries some source's mass
+    order = np.argsort(link[live])
+    u, share, link = u[live][order], share[live][order], link[live][order]
+    counts, idx, vals = [], [], []
+    for lo in range(0, n_src, _SOURCE_CHUNK):
+        block = np.ascontiguousarray((mass[u, lo:lo + _SOURCE_CHUNK] * share[:, None]).T)
+        rows, cols = np.nonzero(block)  # row-major: columns ascending within each row
+        counts.append(np.bincount(rows, minlength=block.shape[0]))
+        idx.append(link[cols])
+        vals.append(block[rows, cols])
+    indptr = np.zeros(n_src + 1, dtype=np.int64)
+    if n_src:
+        np.cumsum(np.concatenate(counts), out=indptr[1:])
+    out = sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
+                         np.concatenate(idx) if idx else np.zeros(0, np.int64), indptr),
+                        shape=(n_src, num_links))
+    out.has_sorted_indices = True
+    return out
+
+
+def _ecmp_rows(r: _Routing, pairs: np.ndarray, num_links: int) -> sp.csr_matrix:
+    """Row i holds the ECMP fractions of ``pairs[i] = t * E + s`` (sorted, distinct; from edge
+    switch s to t); a last row is empty.
+
+    Only the pairs asked for are gathered: a table of every pair (E^2 rows of hundreds of links
+    each, 142 M entries at 512 edge switches) cost seconds to rebuild whenever a destination was
+    added. Rows are copied from the cached per-destination blocks unchanged (same values)."""
+    num_edges = len(r.edge_nodes)
+    dest = pairs // num_edges
+    cut = np.flatnonzero(np.diff(dest)) + 1  # pairs are sorted: one run per destination
+    starts = np.concatenate([[0], cut])
+    ends = np.concatenate([cut, [len(pairs)]])
+    lens, idx, vals = [], [], []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        t = int(dest[lo])
+        src = pairs[lo:hi] % num_edges
+        known, block = r.per_dest.get(t, (None, None))
+        if known is None:
+            known, block = src, _ecmp_toward(r, t, num_links, sources=src)
+            r.per_dest[t] = (known, block)
+        else:
+            missing = src[~np.isin(src, known)]
+            if len(missing):
+                new = _ecmp_toward(r, t, num_links, sources=missing)
+                known = np.concatenate([known, missing])
+                order = np.argsort(known, kind="stable")
+                known = known[order]
+                block = sp.vstack([block, new], format="csr")[order]
+                r.per_dest[t] = (known, block)
+        part = block[np.searchsorted(known, src)]
+        lens.append(np.diff(part.indptr))
+        idx.append(part.indices)
+        vals.append(part.data)
+    lens.append(np.zeros(1, np.int64))
+    indptr = np.zeros(len(pairs) + 2, dtype=np.int64)
+    np.cumsum(np.concatenate(lens), out=indptr[1:])
+    idx_dtype = np.int32 if max(int(indptr[-1]), num_links) < np.iinfo(np.int32).max else np.int64
+    table = sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
+                           np.concatenate(idx).astype(idx_dtype, copy=False) if idx
+                           else np.zeros(0, idx_dtype),
+                           indptr.astype(idx_dtype, copy=False)),
+                          shape=(len(pairs) + 1, num_links), copy=False)
+    table.has_sorted_indices = True  # every block's rows are sorted (_ecmp_toward)
+    return table
 
 
 def _access_table(r: _Routing, num_links: int) -> sp.csr_matrix:
