@@ -249,11 +249,15 @@ def test_causal_attention_costs_about_half_of_full_attention():
 def test_attention_forward_rate_by_hand():
     # 4 x 32 heads x 64 query blocks = 8192 CTAs of 64 key blocks each = 62.06 -> 63 waves.
     parts = H100.attention_parts(4, 8192, 32, 128, 128, causal=False, dtype="bf16", backward=False)
-    block_s = 2 * 128 * 128 * 256 / (BF16_PEAK / SMS * 0.65)
+    block_s = 2 * 128 * 128 * 256 / (BF16_PEAK / SMS * 0.662)
     assert parts["compute_s"] == pytest.approx(63 * 64 * block_s, rel=1e-12)
     back = H100.attention_parts(4, 8192, 32, 128, 128, causal=False, dtype="bf16", backward=True)
-    # Backward: five matmuls (2.5x the forward's FLOPs) at 0.50 instead of 0.65 of peak.
-    assert back["compute_s"] / parts["compute_s"] == pytest.approx(2.5 * 0.65 / 0.50, rel=1e-12)
+    # Backward: five matmuls (2.5x the forward's FLOPs) at 0.586 instead of 0.662 of peak.
+    assert back["compute_s"] / parts["compute_s"] == pytest.approx(2.5 * 0.662 / 0.586, rel=1e-12)
+    # DeepSeek-V3's head shape (d_qk 192, d_v 128): the same blocks, 320 instead of 256 FLOP per
+    # (q, k) pair and element, at the measured rate factor (roofline.yaml head_dim_factor).
+    mla = H100.attention_parts(4, 8192, 32, 192, 128, causal=False, dtype="bf16", backward=False)
+    assert mla["compute_s"] == pytest.approx(63 * 64 * block_s * 320 / 256 / 1.115, rel=1e-12)
 
 
 def test_attention_accepts_arrays():
@@ -345,6 +349,17 @@ def test_broken_parameter_file_names_the_field(tmp_path):
     with pytest.raises(InputError) as err:
         RooflineModel("H100-SXM", params_file=bad)
     assert err.value.field == "gemm.anchors.bf16"
+    for key, value, field in (("192x128", {"forward": 1.0, "backward": 1.0}, "attention.head_dim_factor.192x128"),
+                              ("192/128", {"forward": 1.0}, "attention.head_dim_factor.192/128"),
+                              ("192/128", {"forward": -1.0, "backward": 1.0},
+                               "attention.head_dim_factor.192/128.forward")):
+        tree = yaml.safe_load(DEFAULT_ROOFLINE_FILE.read_text())
+        tree["attention"]["head_dim_factor"] = {key: value}
+        bad = tmp_path / f"roofline-{len(field)}.yaml"  # a new file: parameter files are cached by path
+        bad.write_text(yaml.safe_dump(tree))
+        with pytest.raises(InputError) as err:
+            RooflineModel("H100-SXM", params_file=bad)
+        assert err.value.field == field and str(bad) in str(err.value)
 
 
 def test_efficiency_does_not_exceed_peak_anywhere():

@@ -53,6 +53,9 @@ class RooflineParams:
     attention_block_q: int
     attention_block_k: int
     attention_fraction_of_peak: dict[str, float]  # keys "<dtype>_forward" / "<dtype>_backward"
+    # (head_dim_qk, head_dim_v) -> {"forward": x, "backward": y}: rate at that head shape over the
+    # rate at head dim 128 (absent shapes: 1)
+    attention_head_dim_factor: dict[tuple[int, int], dict[str, float]]
     sustained_clock_factor: dict[str, float]  # tensor-core time at sustained / burst clocks, per dtype
     source: str  # file name the parameters came from
     path: str  # full path of that file
@@ -75,6 +78,28 @@ def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_
         allowed = "a positive integer" if integer else ("a number >= 0" if allow_zero else "a positive number")
         raise InputError("bad value", file=file, field=path, value=value, allowed=allowed, has_value=True)
     return value
+
+
+def _head_dim_factors(tree: dict, file: str) -> dict[tuple[int, int], dict[str, float]]:
+    """attention.head_dim_factor: optional mapping "<d_qk>/<d_v>" -> {forward, backward}."""
+    node = tree.get("attention", {}).get("head_dim_factor") if isinstance(tree.get("attention"), dict) else None
+    if node is None:
+        return {}
+    field = "attention.head_dim_factor"
+    if not isinstance(node, dict):
+        raise InputError("expected a mapping such as {\"192/128\": {forward: 1.08, backward: 0.87}}",
+                         file=file, field=field)
+    out = {}
+    for key, value in node.items():
+        parts = str(key).split("/")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise InputError("bad key", file=file, field=f"{field}.{key}", value=key,
+                             allowed="\"<head_dim_qk>/<head_dim_v>\", positive integers")
+        if not isinstance(value, dict) or set(value) != {"forward", "backward"}:
+            raise InputError("expected {forward: <factor>, backward: <factor>}", file=file, field=f"{field}.{key}")
+        out[(int(parts[0]), int(parts[1]))] = {
+            d: float(_positive(tree, f"{field}.{key}.{d}", file)) for d in ("forward", "backward")}
+    return out
 
 
 def _tile_fixed_k(tree: dict, file: str) -> dict[str, float]:
@@ -147,6 +172,8 @@ def _parse(text: str, file: str) -> RooflineParams:
                              allowed="a fraction in (0, 1]")
         attention_fraction[str(key)] = float(value)
 
+    head_factor = _head_dim_factors(tree, file)
+
     sustained = {}
     for dtype in DTYPES:
         value = _positive(tree, f"sustained_clocks.factor.{dtype}", file)
@@ -170,6 +197,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         attention_block_q=_positive(tree, "attention.block_q", file, integer=True),
         attention_block_k=_positive(tree, "attention.block_k", file, integer=True),
         attention_fraction_of_peak=attention_fraction,
+        attention_head_dim_factor=head_factor,
         sustained_clock_factor=sustained,
         source=Path(file).name,
         path=str(file),

@@ -55,6 +55,7 @@ def _wave_makespan(durations, counts, slots: int):
 
 
 CLOCKS = ("sustained", "burst")
+_SCALARS = (int, float, np.int64, np.float64)
 
 
 class RooflineModel:
@@ -317,6 +318,8 @@ class RooflineModel:
         b, s, h = (float(_positive_int(x, name)) for x, name in
                    ((batch, "batch"), (seq_len, "seq_len"), (heads, "heads")))
         dqk, dv = float(_positive_int(head_dim_qk, "head_dim_qk")), float(_positive_int(head_dim_v, "head_dim_v"))
+        # The measured kernel's rate at this head shape relative to head dim 128 (roofline.yaml).
+        fraction *= self.params.attention_head_dim_factor.get((int(dqk), int(dv)), {}).get(direction, 1.0)
         p, d, sms = self.params, self.params.dtypes[dtype], self._sms
         bq, bk = p.attention_block_q, p.attention_block_k
         nq, nk = np.ceil(s / bq), np.ceil(s / bk)
@@ -358,6 +361,17 @@ class RooflineModel:
         return out
 
     def memory_bound_s(self, bytes_moved, kernels=1):
+        if type(bytes_moved) in _SCALARS and type(kernels) in _SCALARS:
+            # The engine asks for the same few byte counts thousands of times: memoise scalar
+            # calls (a NaN key never matches, so invalid values still reach the checks).
+            key = ("memory", float(bytes_moved), float(kernels))
+            got = self._scalar_cache.get(key)
+            if got is None:
+                got = self._scalar_cache[key] = self._memory_bound_s(bytes_moved, kernels)
+            return got
+        return self._memory_bound_s(bytes_moved, kernels)
+
+    def _memory_bound_s(self, bytes_moved, kernels):
         bytes_moved = _nonnegative(bytes_moved, "bytes_moved")
         kernels = _nonnegative(kernels, "kernels")
         return _as_output(kernels * self.params.kernel_overhead_s + bytes_moved / self.hbm_bytes_per_s)
