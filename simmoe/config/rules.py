@@ -175,6 +175,12 @@ def check_parallelism(s: Scenario) -> list[Problem]:
                            f"the per-CP-rank sequence ({t.seq_len // p.cp} tokens) is not divisible by tp={p.tp}",
                            "false, or tp dividing seq_len / cp"))
 
+    if p.tp_comm_overlap and not (p.tp > 1 and p.sequence_parallel):
+        out.append(Problem("parallelism.tp_comm_overlap", True,
+                           f"overlaps sequence-parallel TP collectives with GEMMs, but tp={p.tp}, "
+                           f"sequence_parallel={str(p.sequence_parallel).lower()}",
+                           "false, or tp > 1 with sequence_parallel: true (as Megatron requires)"))
+
     # Pipeline schedule.
     if p.schedule == "interleaved" and (p.vpp < 2 or p.pp < 2):
         out.append(Problem("parallelism.vpp", p.vpp,

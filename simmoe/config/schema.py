@@ -177,6 +177,9 @@ class Parallelism(_Section):
     dp: PosInt | None = None  # null: derived as GPUs / (tp * pp * cp); filled in by the loader
     schedule: Literal["1f1b", "interleaved", "dualpipe"] = "1f1b"
     sequence_parallel: bool = False
+    # TP all-gathers / reduce-scatters overlapped with the GEMM they feed or drain (Transformer
+    # Engine userbuffers, Megatron's --tp-comm-overlap; needs sequence_parallel): docs/workload.md.
+    tp_comm_overlap: bool = False
     # Uneven pipeline split (in the spirit of Megatron's --decoder-first/last-pipeline-num-layers):
     # blocks on the first / last virtual stage; the rest split evenly over the other stages.
     first_stage_layers: NonNegInt | None = None

@@ -229,6 +229,8 @@ class Simulation:
         self._setup_ranks()
         self._setup_routing()
         self._static_s: dict = {}
+        self._routed_ops: dict = {}  # (program key, node) -> its routed-expert ops
+        self._ep_coord: dict = {}  # global rank -> EP coordinate
         self._static_coll: dict = {}
         self._multiplicity: dict = {}
         self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
@@ -488,14 +490,23 @@ class Simulation:
             self._static_s[skey] = base
         if not prog.has_expert[k]:
             return base, 0.0
+        # Called ~70k times per step at 2048 GPUs: the routed-expert ops of a node and a rank's EP
+        # coordinate are looked up once.
+        routed = self._routed_ops.get((key, k))
+        if routed is None:
+            routed = self._routed_ops[(key, k)] = tuple(
+                prog.ops[i] for i in node.ops if isinstance(prog.ops[i], ExpertGemmOp) and not prog.ops[i].shared)
+        if self.reduce:
+            ep_coord = None
+        else:
+            ep_coord = self._ep_coord.get(r.global_rank)
+            if ep_coord is None:
+                ep_coord = self._ep_coord[r.global_rank] = int(self.layout.coords(r.global_rank)["ep"])
         ex = 0.0
-        ep_coord = None if self.reduce else int(self.layout.coords(r.global_rank)["ep"])
-        for i in node.ops:
-            op = prog.ops[i]
-            if isinstance(op, ExpertGemmOp) and not op.shared:
-                t, t_max = self._expert_times(self._step, op, mb, prog.grad, held)
-                # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
-                ex += t_max if ep_coord is None else float(t[ep_coord])
+        for op in routed:
+            t, t_max = self._expert_times(self._step, op, mb, prog.grad, held)
+            # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
+            ex += t_max if ep_coord is None else float(t[ep_coord])
         return base + ex, ex
 
     # ------------------------------------------------------------------ communication
@@ -686,9 +697,9 @@ class Simulation:
             return cl
         category = COMM_CATEGORY.get(dim, "other")
         if members == 1:
-            req = CommRequest(build, category)
+            req = CommRequest(build, category, holds_sms=op.holds_sms)
             return lambda mb: req
-        return lambda mb: CommRequest(build, category, (dim, int(row), key, mb, k), members)
+        return lambda mb: CommRequest(build, category, (dim, int(row), key, mb, k), members, op.holds_sms)
 
     # ------------------------------------------------------------------ steps
     def run_step(self, step: int) -> StepResult:

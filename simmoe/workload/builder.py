@@ -86,6 +86,7 @@ class _Ctx:
         self.d = m.hidden
         self.tp, self.cp, self.ep, self.etp = par.tp, par.cp, par.ep, par.expert_tp
         self.sp = par.sequence_parallel and par.tp > 1
+        self.tp_overlap = self.sp and par.tp_comm_overlap
         self.mb, self.seq = tr.micro_batch, tr.seq_len
         self.T = tr.micro_batch * tr.seq_len // par.cp
         self.Tsp = self.T // par.tp if self.sp else self.T
@@ -130,6 +131,10 @@ class _Seq:
         self.ops: list[Op] = []
         self.roles: list[str] = []
         self.last_main: str | None = None
+        self.prev_main: str | None = None  # the main op before last_main
+        # Side ops the first main op after the next GEMM must wait for (an all-gather overlapped
+        # with that GEMM): [full name, a GEMM has been listed since].
+        self.pending: list[list] = []
 
     def _n(self, base: str) -> str:
         return base + self.suffix
@@ -143,11 +148,17 @@ class _Seq:
 
     def main(self, cls: type, base: str, role: str = "", also: tuple[str | None, ...] = (), **fields: Any) -> str:
         extra = tuple(self._n(a) for a in also if a)
+        if self.pending:
+            extra += tuple(name for name, past_gemm in self.pending if past_gemm)
+            self.pending = [p for p in self.pending if not p[1]]
         deps: tuple[str, ...] = ()
         if self.ops and (self.ops[-1].name != self.last_main or extra):
             deps = ((self.last_main,) if self.last_main else ()) + extra
         name = self._push(cls(name=self._n(base), phase=self.phase, after=deps, **fields), role)
-        self.last_main = name
+        self.prev_main, self.last_main = self.last_main, name
+        if cls is GemmOp:
+            for p in self.pending:
+                p[1] = True
         return base
 
     def side(self, cls: type, base: str, after: tuple[str | None, ...], role: str = "", **fields: Any) -> str:
@@ -182,12 +193,20 @@ class _Seq:
 
     def coll(self, base: str, group: str, collective: str, *, size_bytes: float = 0.0,
              bytes_per_token: float = 0.0, role: str = "comm", also: tuple[str | None, ...] = (),
-             side_after: tuple[str | None, ...] | None = None) -> str:
+             side_after: tuple[str | None, ...] | None = None, holds_sms: bool = True) -> str:
         fields = dict(layer=_layer(base), group=group, collective=collective, size_bytes=float(size_bytes),
-                      bytes_per_token=float(bytes_per_token))
+                      bytes_per_token=float(bytes_per_token), holds_sms=holds_sms)
         if side_after is not None:
             return self.side(CollectiveOp, base, side_after, role, **fields)
         return self.main(CollectiveOp, base, role, also, **fields)
+
+    def beside(self, base: str, group: str, collective: str, size_bytes: float, start_after: str | None) -> str:
+        """A copy-engine collective that starts when op ``start_after`` (a full name) is done and
+        runs beside whatever the compute stream does next (TP comm overlap)."""
+        op = CollectiveOp(name=self._n(base), phase=self.phase, layer=_layer(base),
+                          after=(start_after,) if start_after else (), group=group, collective=collective,
+                          size_bytes=float(size_bytes), holds_sms=False)
+        return self._push(op, "comm")
 
 
 def _layer(base: str) -> int | None:
@@ -213,20 +232,37 @@ def _gemm_bwd(q: _Seq, base: str, m: int, n: int, k: int, dtype: str, *, redunda
     return q.main(GemmOp, f"{base}.bwd", also=also, **fields)
 
 
-def _tp_out(c: _Ctx, q: _Seq, base: str, **kw: Any) -> str | None:
+def _tp_out(c: _Ctx, q: _Seq, base: str, overlap: bool = False, **kw: Any) -> str | None:
     """Collective after a row-parallel layer: reduce-scatter (SP) or all-reduce; none at tp=1.
     The backward of an SP all-gather is this reduce-scatter, and the backward of a column-parallel
-    layer's input (Megatron's "f") is this all-reduce."""
+    layer's input (Megatron's "f") is this all-reduce.
+
+    ``overlap`` (a transformer layer's linear, under parallelism.tp_comm_overlap): the GEMM just
+    listed is computed in tp chunks and each chunk's share is reduce-scattered while the next one
+    computes (TE userbuffers' pipelined / ring-exchange reduce-scatter): (tp-1)/tp of the bytes run
+    beside the GEMM on copy engines, the last chunk's 1/tp after it."""
     if c.tp == 1:
         return None
     kind = "reduce_scatter" if c.sp else "allreduce"
-    return q.coll(base, "tp", kind, size_bytes=c.T * c.d * BF16, **kw)
+    size = c.T * c.d * BF16
+    if overlap and c.tp_overlap:
+        q.beside(f"{base}.overlap", "tp", kind, size * (c.tp - 1) / c.tp, q.prev_main)
+        return q.coll(base, "tp", kind, size_bytes=size / c.tp, also=(f"{base}.overlap",), holds_sms=False, **kw)
+    return q.coll(base, "tp", kind, size_bytes=size, **kw)
 
 
-def _tp_in(c: _Ctx, q: _Seq, base: str, **kw: Any) -> str | None:
-    """All-gather before a column-parallel layer under SP (its backward: after a row-parallel one)."""
+def _tp_in(c: _Ctx, q: _Seq, base: str, overlap: bool = False, **kw: Any) -> str | None:
+    """All-gather before a column-parallel layer under SP (its backward: after a row-parallel one).
+
+    ``overlap`` (under parallelism.tp_comm_overlap): TE userbuffers' ring exchange, the GEMM starts
+    on the rank's own shard while the others arrive: the all-gather runs beside the next GEMM on
+    copy engines, and the op after that GEMM waits for it."""
     if not c.sp:
         return None
+    if overlap and c.tp_overlap:
+        name = q.beside(base, "tp", "all_gather", c.T * c.d * BF16, q.last_main)
+        q.pending.append([name, False])
+        return name
     return q.coll(base, "tp", "all_gather", size_bytes=c.T * c.d * BF16, **kw)
 
 
@@ -260,7 +296,7 @@ def _attention_fwd(c: _Ctx, q: _Seq, P: str, start_also: tuple[str | None, ...])
     q.mem(f"{P}.ln1", c.Tsp * d * BF16 * 2, role="norm", also=start_also)
     mla = _mla(c)
     if mla is None:
-        _tp_in(c, q, f"{P}.attn.ag")
+        _tp_in(c, q, f"{P}.attn.ag", overlap=True)
         q.gemm(f"{P}.attn.qkv", T, lin["qkv"].out_features // tp, d, c.lin)
     else:
         rope = mla.qk_rope_head_dim
@@ -275,7 +311,7 @@ def _attention_fwd(c: _Ctx, q: _Seq, P: str, start_also: tuple[str | None, ...])
             q.mem(f"{P}.attn.q_norm", T * mla.q_lora_rank * BF16 * 2, role="norm")
             q.gemm(f"{P}.attn.q_up", T, lin["q_up"].out_features // tp, mla.q_lora_rank, c.lin, role="mla_up")
         else:
-            _tp_in(c, q, f"{P}.attn.ag")
+            _tp_in(c, q, f"{P}.attn.ag", overlap=True)
             q.gemm(f"{P}.attn.q", T, lin["q"].out_features // tp, d, c.lin)
             q.gemm(f"{P}.attn.kv_down", T, mla.kv_lora_rank + rope, d, c.lin, redundancy=tp)
         q.mem(f"{P}.attn.kv_norm", T * mla.kv_lora_rank * BF16 * 2, role="norm")
@@ -284,7 +320,7 @@ def _attention_fwd(c: _Ctx, q: _Seq, P: str, start_also: tuple[str | None, ...])
         q.coll(f"{P}.attn.cp_kv", "cp", "all_gather", size_bytes=_cp_kv_bytes(c))
     q.main(AttentionOp, f"{P}.attn.core", "core_attn", layer=_layer(P), **_attention_core_fields(c, False))
     q.gemm(f"{P}.attn.o", T, d, lin["o"].in_features // tp, c.lin)
-    _tp_out(c, q, f"{P}.attn.tp_out")
+    _tp_out(c, q, f"{P}.attn.tp_out", overlap=True)
     q.mem(f"{P}.attn.residual", 3 * c.Tsp * d * BF16, role="residual")
 
 
@@ -292,7 +328,7 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     d, T, tp = c.d, c.T, c.tp
     lin = {x.name: x for x in attention_linears(c.m)}
     q.mem(f"{P}.attn.residual_bwd", 3 * c.Tsp * d * BF16)
-    _tp_in(c, q, f"{P}.attn.tp_out_bwd")
+    _tp_in(c, q, f"{P}.attn.tp_out_bwd", overlap=True)
     _gemm_bwd(q, f"{P}.attn.o", T, d, lin["o"].in_features // tp, c.lin)
     q.main(AttentionOp, f"{P}.attn.core_bwd", layer=_layer(P), **_attention_core_fields(c, True))
     if c.cp > 1:
@@ -300,7 +336,7 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     mla = _mla(c)
     if mla is None:
         _gemm_bwd(q, f"{P}.attn.qkv", T, lin["qkv"].out_features // tp, d, c.lin)
-        _tp_out(c, q, f"{P}.attn.ag_bwd")
+        _tp_out(c, q, f"{P}.attn.ag_bwd", overlap=True)
     else:
         rope = mla.qk_rope_head_dim
         _gemm_bwd(q, f"{P}.attn.kv_up", T, lin["kv_up"].out_features // tp, mla.kv_lora_rank, c.lin)
@@ -319,7 +355,7 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
                 q.coll(f"{P}.attn.latent_bwd", "tp", "allreduce", size_bytes=T * (mla.kv_lora_rank + rope) * BF16)
             _gemm_bwd(q, f"{P}.attn.kv_down", T, mla.kv_lora_rank + rope, d, c.lin, redundancy=tp)
             _gemm_bwd(q, f"{P}.attn.q", T, lin["q"].out_features // tp, d, c.lin)
-            _tp_out(c, q, f"{P}.attn.ag_bwd")
+            _tp_out(c, q, f"{P}.attn.ag_bwd", overlap=True)
     q.mem(f"{P}.ln1_bwd", c.Tsp * d * BF16 * 3)
 
 
@@ -329,22 +365,22 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
 def _dense_ffn_fwd(c: _Ctx, q: _Seq, P: str) -> None:
     d, T, f = c.d, c.T, c.m.dense_ffn // c.tp
     q.mem(f"{P}.ln2", c.Tsp * d * BF16 * 2, role="norm")
-    _tp_in(c, q, f"{P}.ffn.ag")
+    _tp_in(c, q, f"{P}.ffn.ag", overlap=True)
     q.gemm(f"{P}.ffn.fc1", T, c.width(f), d, c.lin)
     q.mem(f"{P}.ffn.act", c.act_bytes(T, f, False), role="act")
     q.gemm(f"{P}.ffn.fc2", T, d, f, c.lin)
-    _tp_out(c, q, f"{P}.ffn.tp_out")
+    _tp_out(c, q, f"{P}.ffn.tp_out", overlap=True)
     q.mem(f"{P}.ffn.residual", 3 * c.Tsp * d * BF16, role="residual")
 
 
 def _dense_ffn_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     d, T, f = c.d, c.T, c.m.dense_ffn // c.tp
     q.mem(f"{P}.ffn.residual_bwd", 3 * c.Tsp * d * BF16)
-    _tp_in(c, q, f"{P}.ffn.tp_out_bwd")
+    _tp_in(c, q, f"{P}.ffn.tp_out_bwd", overlap=True)
     _gemm_bwd(q, f"{P}.ffn.fc2", T, d, f, c.lin)
     q.mem(f"{P}.ffn.act_bwd", c.act_bytes(T, f, True))
     _gemm_bwd(q, f"{P}.ffn.fc1", T, c.width(f), d, c.lin)
-    _tp_out(c, q, f"{P}.ffn.ag_bwd")
+    _tp_out(c, q, f"{P}.ffn.ag_bwd", overlap=True)
     q.mem(f"{P}.ln2_bwd", c.Tsp * d * BF16 * 3)
 
 

@@ -83,6 +83,9 @@ class CollectiveOp(OpBase):
     ] = "allreduce"
     size_bytes: float = 0.0  # per-rank message (NCCL --bytes); unused for dispatch/combine
     bytes_per_token: float = 0.0  # dispatch/combine only
+    # False: a transfer that keeps no SMs from compute (TE userbuffers' copy-engine ring exchange
+    # under parallelism.tp_comm_overlap); True: an NCCL kernel holding its SMs (docs/compute.md).
+    holds_sms: bool = True
 
 
 Op = GemmOp | ExpertGemmOp | AttentionOp | MemoryOp | CollectiveOp
