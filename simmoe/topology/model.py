@@ -143,6 +143,16 @@ class Topology:
         """(num_gpus,) name-free id of each GPU's edge switch (-1: the GPU has no NIC)."""
         return self._routing().edge_of_gpu.copy()
 
+    def _gpu_pairs(self, src, dst) -> tuple[np.ndarray, np.ndarray]:
+        """``src``, ``dst`` as flat int64 arrays of valid GPU ids of equal length."""
+        src = np.asarray(src, dtype=np.int64).reshape(-1)
+        dst = np.asarray(dst, dtype=np.int64).reshape(-1)
+        if src.shape != dst.shape:
+            raise ValueError("src and dst must have the same length")
+        if len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.num_gpus):
+            raise ValueError(f"GPU ids must lie in 0..{self.num_gpus - 1}")
+        return src, dst
+
     def route_matrix(self, src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
         """(len(src) x num_links) CSR: entry (i, l) is the fraction of flow i's bytes on link l.
 
@@ -150,13 +160,8 @@ class Topology:
         row conserves flow at every intermediate node. Rows with src == dst are empty.
         """
         r = self._routing()
-        src = np.asarray(src, dtype=np.int64).reshape(-1)
-        dst = np.asarray(dst, dtype=np.int64).reshape(-1)
-        if src.shape != dst.shape:
-            raise ValueError("src and dst must have the same length")
+        src, dst = self._gpu_pairs(src, dst)
         n = len(src)
-        if n and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.num_gpus):
-            raise ValueError(f"GPU ids must lie in 0..{self.num_gpus - 1}")
         dom = self.nvlink_domain_of_gpu
         cross = dom[src] != dom[dst]
         nvl = ~cross & (src != dst)
@@ -214,14 +219,8 @@ class Topology:
         the ECMP fractions. O(flows) work and memory beyond the tables, which are cached.
         """
         r = self._routing()
-        src = np.asarray(src, dtype=np.int64).reshape(-1)
-        dst = np.asarray(dst, dtype=np.int64).reshape(-1)
-        if src.shape != dst.shape:
-            raise ValueError("src and dst must have the same length")
-        n = len(src)
+        src, dst = self._gpu_pairs(src, dst)
         num_gpus = self.num_gpus
-        if n and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= num_gpus):
-            raise ValueError(f"GPU ids must lie in 0..{num_gpus - 1}")
         # Per-flow work is a handful of int32 passes: at 8192 GPUs an all-to-all is 67 M flows.
         key_dtype = np.int32 if max(4 * num_gpus, len(r.edge_nodes) ** 2) < 2**31 else np.int64
         dom = self.nvlink_domain_of_gpu
