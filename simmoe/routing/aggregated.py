@@ -228,6 +228,20 @@ def _stochastic_round(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return (floor + (rng.random(x.shape) < (x - floor))).astype(np.int64)
 
 
+def distinct_regression(tokens, hit, mean_assigned, var_assigned):
+    """(beta, residual sd) of distinct tokens D on assignments A (see :func:`_coupled_distinct`):
+    D = T h + beta (A - E[A]) + residual, with beta capped so that Var(beta A) <= Var(D)."""
+    var_d = tokens * hit * (1.0 - hit)
+    cov = mean_assigned * (1.0 - hit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = np.where(var_assigned > 0, cov / var_assigned, 0.0)
+        # Keep Var(beta A) <= Var(D): the A-model is an approximation, the D variance is exact.
+        beta_max = np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0)
+    beta = np.minimum(beta, beta_max)
+    resid_sd = np.sqrt(np.maximum(var_d - beta * beta * var_assigned, 0.0))
+    return beta, resid_sd
+
+
 def _coupled_distinct(rng: np.random.Generator, assigned: np.ndarray, mean_assigned: np.ndarray,
                       var_assigned: np.ndarray, hit: np.ndarray, tokens: int, lower: np.ndarray,
                       upper: np.ndarray) -> np.ndarray:
@@ -237,14 +251,7 @@ def _coupled_distinct(rng: np.random.Generator, assigned: np.ndarray, mean_assig
     i.i.d. tokens Cov(A, D) = E[A] (1 - h) and Var(D) = T h (1 - h). D is drawn as the Gaussian with
     that mean, variance and regression on A, stochastically rounded, then clipped to the bounds
     every real draw obeys (rarely active)."""
-    var_d = tokens * hit * (1.0 - hit)
-    cov = mean_assigned * (1.0 - hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.where(var_assigned > 0, cov / var_assigned, 0.0)
-        # Keep Var(beta A) <= Var(D): the A-model is an approximation, the D variance is exact.
-        beta_max = np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0)
-    beta = np.minimum(beta, beta_max)
-    resid_sd = np.sqrt(np.maximum(var_d - beta * beta * var_assigned, 0.0))
+    beta, resid_sd = distinct_regression(tokens, hit, mean_assigned, var_assigned)
     x = tokens * hit + beta * (assigned - mean_assigned) + resid_sd * rng.standard_normal(
         assigned.shape)
     return np.clip(_stochastic_round(rng, x), lower, upper)

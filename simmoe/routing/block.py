@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simmoe.routing.aggregated import RouteProbabilities, node_moments
+from simmoe.routing.aggregated import RouteProbabilities, distinct_regression, node_moments
 from simmoe.routing.group import EPGroup
 
 # Micro-batches per random stream. Part of what a seed means: changing it changes every draw.
@@ -187,14 +187,7 @@ def _coupled_distinct(z: np.ndarray, u: np.ndarray, assigned: np.ndarray,
     as aggregated._coupled_distinct; per-destination parameters broadcast over axis 1). ``x``
     (float64) and ``noise`` (float32) are scratch of that shape. Returns int64 laid out
     (micro-batch, source, destination), the layout of the draws."""
-    var_d = tokens * hit * (1.0 - hit)
-    cov = mean_assigned * (1.0 - hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        beta = np.where(var_assigned > 0, cov / var_assigned, 0.0)
-        # Keep Var(beta A) <= Var(D): the A-model is an approximation, the D variance is exact.
-        beta_max = np.where(var_assigned > 0, np.sqrt(var_d / var_assigned), 0.0)
-    beta = np.minimum(beta, beta_max)
-    resid_sd = np.sqrt(np.maximum(var_d - beta * beta * var_assigned, 0.0))
+    beta, resid_sd = distinct_regression(tokens, hit, mean_assigned, var_assigned)
     # x = T h + beta (A - E[A]) + resid_sd z, stochastically rounded: floor(x + u) is floor(x) + 1
     # with probability frac(x).
     np.multiply(assigned, beta[:, None], out=x)
