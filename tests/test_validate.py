@@ -96,8 +96,9 @@ def test_fast_end_to_end_cases_ran(fast_run):
 
 def test_validate_json_schema_and_parquet(fast_run):
     doc = fast_run["json"]
-    assert set(doc) == {"all_within", "validation_parquet", "rows"}
+    assert set(doc) == {"all_within", "validation_parquet", "rows", "targets"}
     rows = doc["rows"]
+    assert [t["name"] for t in doc["targets"]] == ["end-to-end each", "end-to-end median", "collectives", "energy"]
     fast_ids = [c.id for c in load_cases(fast=True)]
     assert [r["case_id"] for r in rows] == [c.id for c in load_cases(fast=True) for _ in c.metrics]
     assert sorted({r["case_id"] for r in rows}) == sorted(fast_ids)

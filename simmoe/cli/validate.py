@@ -81,6 +81,7 @@ def validate_cmd(
     when a case falls outside its tolerance, 2 for bad input."""
     from simmoe.results import dumps_json
     from simmoe.validation import all_within, rows_as_dicts
+    from simmoe.validation.targets import format_targets, targets
 
     try:
         rows, path = validate(only=only, fast=fast, out=out, as_json=as_json)
@@ -88,12 +89,16 @@ def validate_cmd(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_INPUT) from None
     ok = all_within(rows)
+    goals = targets(rows)
     if as_json:
-        typer.echo(dumps_json({"all_within": ok, "validation_parquet": str(path), "rows": rows_as_dicts(rows)}))
+        typer.echo(dumps_json({"all_within": ok, "validation_parquet": str(path), "rows": rows_as_dicts(rows),
+                               "targets": [t.as_dict() for t in goals]}))
     else:
         print_table(rows)
         outside = sorted({r.case_id for r in rows if r.within is False})
         typer.echo(f"wrote {path}")
+        for line in format_targets(goals, subset=bool(only) or fast):
+            typer.echo(line)
         typer.echo("all cases within tolerance" if ok else f"outside tolerance: {', '.join(outside)}")
     if not ok:
         sys.stdout.flush()
