@@ -39,6 +39,8 @@ def run_scenario(scenario_name: str | None, *, out: str | None = None, seed: int
     path = write_steps_parquet(result.records, out_dir / "steps.parquet", result.metadata)
     summary = {"scenario": name, "gpus": scenario.gpus, "seed": int(result.metadata["seed"]),
                "calibration_id": result.metadata["calibration_id"], "steps_parquet": str(path)}
+    if result.metadata.get("compute_note"):
+        summary["compute_note"] = result.metadata["compute_note"]
     summary.update(summarize(result.records))
     if trace is not None and result.last is not None:
         summary["trace"] = str(write_trace(result.last.timeline, trace, step=result.last.step,
@@ -60,6 +62,8 @@ def _print_summary(s: dict) -> None:
     typer.echo(f"  critical rank  expert GEMMs {fmt('expert_compute_s_mean', ' s')}, "
                f"exposed comm {fmt('exposed_comm_s_mean', ' s')}, bubble {fmt('pipeline_bubble_s_mean', ' s')}")
     typer.echo(f"  memory         peak {fmt('peak_memory_gib', ' GiB')}")
+    if s.get("compute_note"):
+        typer.echo(f"  compute note   {s['compute_note']}")
     typer.echo(f"  wrote          {s['steps_parquet']}" + (f", {s['trace']}" if "trace" in s else ""))
 
 

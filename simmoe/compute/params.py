@@ -61,6 +61,12 @@ class RooflineParams:
     path: str  # full path of that file
     sha256: str  # of that file's text: names the parameter set in results metadata
 
+    @property
+    def anchor_gpus(self) -> tuple[str, ...]:
+        """GPUs whose measurements anchor these parameters (HBM and GEMM anchors); on any other GPU
+        the roofline is an extrapolation by datasheet peaks."""
+        return tuple(sorted({self.hbm_anchor_gpu, *(a.gpu for a in self.anchors.values())}))
+
 
 def _get(tree: dict, path: str, file: str):
     node = tree

@@ -390,4 +390,5 @@ class RooflineModel:
             "kernel_overhead_s": self.params.kernel_overhead_s,
             "compute_sms": self._sms,
             "gpu_sms": int(self.spec.sms),
+            "anchored_on": list(self.params.anchor_gpus),
         }

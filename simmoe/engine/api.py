@@ -86,5 +86,17 @@ def simulate(scenario, *, seed: int | None = None, steps: int | None = None,
         "network_model": "coflow" if sim.coflow else "flow",
         "reduced": str(reduce).lower(),
         "schema": "simmoe.results.StepRecord v1",
+        "compute_note": extrapolation_note(sim.compute.describe()),
     }
     return RunResult(records, meta, last, mem)
+
+
+def extrapolation_note(compute: dict) -> str:
+    """A caution when the roofline runs on a GPU none of its measurements came from ("" otherwise):
+    its rates are then datasheet-scaled, which docs/validation.md found optimistic on Blackwell."""
+    anchors = compute.get("anchored_on")
+    if compute.get("kind") != "roofline" or not anchors or compute.get("device") in anchors:
+        return ""
+    return (f"roofline extrapolated to {compute['device']} by datasheet peaks from measurements on "
+            f"{', '.join(anchors)}; see docs/validation.md (B200/GB200 rows) for how far that held, "
+            "or pass --calibration with a profile measured on this GPU")
