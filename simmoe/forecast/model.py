@@ -235,9 +235,12 @@ def forecast(scenario, *, tokens: float | None = None, samples: int = DEFAULT_SA
 
 
 def _engine_metadata(src: EngineSteps) -> dict[str, str]:
+    from simmoe.engine.api import extrapolation_note
+
     sim = src.simulation(src.scenario.training.global_batch)
     return {"calibration_id": sim.compute.identifier, "fidelity": sim.fidelity,
-            "network_model": "coflow" if sim.coflow else "flow", "reduced": str(sim.reduce).lower()}
+            "network_model": "coflow" if sim.coflow else "flow", "reduced": str(sim.reduce).lower(),
+            "compute_note": extrapolation_note(sim.compute.describe())}
 
 
 def _metadata(scenario, seed: int, settings: ForecastSettings, samples: int, steps: int,  # noqa: ANN001
@@ -256,6 +259,7 @@ def _metadata(scenario, seed: int, settings: ForecastSettings, samples: int, ste
         "fidelity": scenario.simulation.fidelity,
         "network_model": "",
         "reduced": "",
+        "compute_note": "",
     }
     meta.update(engine_meta)
     meta.update({
