@@ -21,10 +21,9 @@ from functools import partial
 from typing import Callable, Protocol
 
 import numpy as np
-import simpy
 
 from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
-from simmoe.engine.core import CommRequest, SimRank, StepEngine, StepTimeline
+from simmoe.engine.core import CommRequest, EngineEnvironment, SimRank, StepEngine, StepTimeline
 from simmoe.engine.moe_comm import moe_alltoall
 from simmoe.engine.program import Program, compile_program, weight_gradient_ops
 from simmoe.engine.schedules import build_schedule, stage_rank, virtual_stage
@@ -230,11 +229,13 @@ class Simulation:
         self._setup_routing()
         self._static_s: dict = {}
         self._routed_ops: dict = {}  # (program key, node) -> its routed-expert ops
+        self._node_expert_s: dict = {}  # (program key, node) -> expert seconds per micro-batch
         self._ep_coord: dict = {}  # global rank -> EP coordinate
         self._static_coll: dict = {}
         self._multiplicity: dict = {}
         self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
+        self._a2a_groups: dict = {}  # moe layer -> EP groups still to build their rows
         self._ep_gpu_tuples: dict = {}
         self._requests: dict = {}
 
@@ -291,6 +292,7 @@ class Simulation:
         self._draws: dict = {}
         self._batch_draws: dict = {}
         self._layer_arr: dict = {}
+        self._layer_stat: dict = {}
         self.stats = StepStats()
         if not layers:
             return
@@ -378,12 +380,27 @@ class Simulation:
             return
         model = self._routing[moe_i]
         if mb < self.m and model.draws_in_blocks and model.execution == "dropless":
-            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert[mb]
+            sums, ratios = self._layer_stats(step, moe_i)
             self._draws[(moe_i, mb)] = None  # counted; the object is made on demand
-            self.stats.assignments += int(comp.sum())
-            self.stats.load_max_over_mean.append(max_over_mean(comp))
+            self.stats.assignments += sums[mb]
+            self.stats.load_max_over_mean.append(ratios[mb])
         else:
             self._draw(step, moe_i, mb)
+
+    def _layer_stats(self, step: int, moe_i: int) -> tuple[list, list]:
+        """Per micro-batch of a layer: assignments (int) and ``max_over_mean`` of the compute
+        tokens per expert, for all micro-batches at once. The same numbers as one by one: integer
+        sums, and sums of integer-valued floats far below 2**53 are exact in any order, so the
+        means, and the max / mean quotients, are bit for bit those of ``max_over_mean``."""
+        got = self._layer_stat.get(moe_i)
+        if got is None:
+            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
+            load = comp.astype(float)
+            mean = load.mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(mean > 0, load.max(axis=1) / mean, 1.0)
+            got = self._layer_stat[moe_i] = (comp.sum(axis=1).tolist(), ratio.tolist())
+        return got
 
     def _draw(self, step: int, moe_i: int, mb: int):
         key = (moe_i, mb)
@@ -463,13 +480,9 @@ class Simulation:
         moe_i = self.moe_index[op.layer]
         if op.phase != "bwd":
             grad = "both"
-        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad, held)
-        got = self._static_s.get(key)
-        if got is None:
-            times = self._layer_gemm_times(step, moe_i, op, held)
-            t = np.asarray(_grad_part(times, grad) if op.phase == "bwd" else times, float)
-            t = t.reshape(len(t), -1)
-            got = self._static_s[key] = (t, t.max(axis=1).tolist())
+        if held and mb < self.m:
+            return self._held_expert_times(step, moe_i, op, mb, grad)
+        got = self._expert_layer_times(step, moe_i, op, grad, held)
         if mb >= got[0].shape[0]:  # outside the step's micro-batches (tests poke at it)
             d = self._draw(step, moe_i, mb)
             tokens = np.asarray(d.compute_tokens_per_expert)[self._experts_of_rank[moe_i]]
@@ -479,6 +492,37 @@ class Simulation:
             t = np.asarray(fn(tokens), float)
             return t, float(t.max())
         return got[0][mb], got[1][mb]
+
+    def _expert_layer_times(self, step: int, moe_i: int, op: ExpertGemmOp, grad: str,
+                            held: bool) -> tuple[np.ndarray, list]:
+        """((micro-batches, ep) seconds of a grouped GEMM's part ``grad``, per micro-batch their
+        max over the EP ranks), for every micro-batch of the layer at once."""
+        key = ("x", moe_i, op.n, op.k, op.dtype, op.phase, grad, held)
+        got = self._static_s.get(key)
+        if got is None:
+            times = self._layer_gemm_times(step, moe_i, op, held)
+            t = np.asarray(_grad_part(times, grad) if op.phase == "bwd" else times, float)
+            t = t.reshape(len(t), -1)
+            got = self._static_s[key] = (t, t.max(axis=1).tolist())
+        return got
+
+    def _held_expert_times(self, step: int, moe_i: int, op: ExpertGemmOp, mb: int,
+                           grad: str) -> tuple[np.ndarray, float]:
+        """:meth:`_expert_times` of a kernel beside an NCCL collective (SMs held): a few
+        micro-batches of a layer need it (~3% of the calls at DeepSeek size), so one micro-batch is
+        timed at a time instead of the whole layer; the compute model works row by row along the
+        batch axis, so these are the batched call's numbers (tests compare)."""
+        key = ("x", "held", moe_i, op.n, op.k, op.dtype, op.phase, mb)
+        times = self._static_s.get(key)
+        if times is None:
+            comp = self._layer_arrays(step, moe_i).compute_tokens_per_expert
+            tokens = comp[mb][self._experts_of_rank[moe_i]]  # (ep, local experts)
+            c = self._model(True)
+            times = self._static_s[key] = (
+                grouped_gemm_backward_s(c, tokens, op.n, op.k, self._dtype(op)) if op.phase == "bwd"
+                else c.grouped_gemm_s(tokens, op.n, op.k, self._dtype(op)))
+        t = np.asarray(_grad_part(times, grad) if op.phase == "bwd" else times, float).reshape(-1)
+        return t, float(t.max())
 
     def node_time_s(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int, held: bool = False):
         skey = (key, k, held)
@@ -498,6 +542,12 @@ class Simulation:
                 prog.ops[i] for i in node.ops if isinstance(prog.ops[i], ExpertGemmOp) and not prog.ops[i].shared)
         if self.reduce:
             ep_coord = None
+            if not held and mb < self.m:
+                per_mb = self._node_expert_s.get((key, k))
+                if per_mb is None:
+                    per_mb = self._node_expert_s[(key, k)] = self._node_expert_maxima(prog, routed)
+                ex = per_mb[mb]
+                return base + ex, ex
         else:
             ep_coord = self._ep_coord.get(r.global_rank)
             if ep_coord is None:
@@ -508,6 +558,16 @@ class Simulation:
             # Reduced: the busiest EP rank sets the pace (all-to-all synchronises the group).
             ex += t_max if ep_coord is None else float(t[ep_coord])
         return base + ex, ex
+
+    def _node_expert_maxima(self, prog: Program, routed: tuple) -> list[float]:
+        """Per micro-batch of the step: a node's routed-expert seconds on the busiest EP rank, summed
+        over its ops in their order (what node_time_s adds op by op: the same floats)."""
+        ex = [0.0] * self.m
+        for op in routed:
+            grad = prog.grad if op.phase == "bwd" else "both"
+            maxima = self._expert_layer_times(self._step, self.moe_index[op.layer], op, grad, False)[1]
+            ex = [a + b for a, b in zip(ex, maxima)]
+        return ex
 
     # ------------------------------------------------------------------ communication
     def _replica_multiplicity(self, dim: str, s: int, hierarchical: bool,
@@ -583,20 +643,12 @@ class Simulation:
     def _a2a_row(self, step: int, moe_i: int, mb: int, combine: bool, row: int, gpus, s: int,
                  hier: bool):
         """(coflow row, tokens moved, route latency) of one dispatch / combine; a layer's
-        micro-batches are built at once by the network's link-load table of the EP group."""
-        key = (moe_i, combine, row)
-        rows = self._a2a_rows.get(key)
+        micro-batches are built at once, both directions, by the network's link-load table of
+        the EP group."""
+        rows = self._a2a_rows.get((moe_i, combine, row))
         if rows is None:
-            loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
-            mbs = self._mbs_at.get((s, self._layer_vstage[moe_i]), np.zeros(0, np.int64))
-            x = self._a2a_rows.get((moe_i, row))  # the layer's token counts, shared by both directions
-            if x is None:
-                arr = self._layer_arrays(step, moe_i)
-                x = self._a2a_rows[(moe_i, row)] = loads.inputs(
-                    arr.dispatch_tokens_per_src_dst_rank[mbs], arr.dispatch_tokens_per_src_dst_node[mbs])
-            engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
-            index = {int(b): i for i, b in enumerate(mbs)}
-            rows = self._a2a_rows[key] = (self._fabric.moe_rows(loads, x, combine, engine), engine, index)
+            self._build_a2a_rows(step, moe_i, row, gpus, s, hier)
+            rows = self._a2a_rows[(moe_i, combine, row)]
         i = rows[2].get(mb)
         if i is None:  # outside the micro-batches this rank runs on the stage (tests poke at it)
             d = self._draw(step, moe_i, mb)
@@ -604,6 +656,35 @@ class Simulation:
             x = loads.inputs(d.dispatch_tokens_per_src_dst_rank, d.dispatch_tokens_per_src_dst_node)
             return self._fabric.moe_rows(loads, x, combine, rows[1])[0], rows[1]
         return rows[0][i], rows[1]
+
+    def _build_a2a_rows(self, step: int, moe_i: int, row: int, gpus, s: int, hier: bool) -> None:
+        """Coflow rows of every dispatch and combine of a MoE layer by EP group ``row``: one
+        link-load product per direction over the micro-batches the group's rank runs there. The
+        token counts in (about 4 MB a layer at DeepSeek size) are dropped once every EP group
+        that runs the layer has its rows: memory freed this way is reused for the next layers
+        instead of being faulted in fresh (page faults were a tenth of the step's time)."""
+        loads = self._fabric.moe_link_loads(("ep", row, hier), gpus, self._server, hier)
+        v = self._layer_vstage[moe_i]
+        mbs = self._mbs_at.get((s, v), np.zeros(0, np.int64))
+        arr = self._layer_arrays(step, moe_i)
+        if arr.dispatch_tokens_per_src_dst_rank is None:  # dropped: a group not foreseen
+            arr = self._routing[moe_i].draw_layer(step, moe_i, self.m)  # the same draws
+        x = loads.inputs(arr.dispatch_tokens_per_src_dst_rank, arr.dispatch_tokens_per_src_dst_node,
+                         rows=mbs)
+        engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
+        index = {int(b): i for i, b in enumerate(mbs)}
+        for combine in (False, True):
+            self._a2a_rows[(moe_i, combine, row)] = (self._fabric.moe_rows(loads, x, combine, engine),
+                                                     engine, index)
+        waiting = self._a2a_groups.get(moe_i)
+        if waiting is None:  # EP groups of the simulated ranks that run the layer's stage
+            ep_row = self._row_of("ep")
+            waiting = self._a2a_groups[moe_i] = {int(ep_row[r.global_rank]) for r in self.ranks
+                                                 if (r.pp_rank, v) in self._mbs_at}
+        waiting.discard(row)
+        if not waiting and moe_i in self._layer_arr:
+            self._layer_arr[moe_i] = self._layer_arr[moe_i]._replace(
+                dispatch_tokens_per_src_dst_rank=None, dispatch_tokens_per_src_dst_node=None)
 
     def node_collective(self, r: SimRank, key: tuple, prog: Program, k: int, mb: int) -> CommRequest:
         ck = (r.index, key, k)
@@ -648,15 +729,17 @@ class Simulation:
             gpus = self._gpus(ranks)
             combine = op.collective == "alltoall_combine"
             category = "combine" if combine else "dispatch"
+            coflow = self.fidelity == "flow" and self.coflow
+            ep_row = int(row)
+            name = "moe_combine" if combine else "moe_dispatch"
 
             def build(step: int, mb: int):
-                if self.fidelity == "flow" and self.coflow:
+                if coflow:
                     self._count_draw(step, moe_i, mb)
                     # The coflow network needs only link rows: no flow list is built.
-                    (crow, tokens, lat), engine = self._a2a_row(step, moe_i, mb, combine, int(row), gpus, s, hier)
+                    (crow, tokens, lat), engine = self._a2a_row(step, moe_i, mb, combine, ep_row, gpus, s, hier)
                     total = tokens * op.bytes_per_token
-                    return Collective(op="moe_combine" if combine else "moe_dispatch",
-                                      gpus=self._gpu_tuple(int(row), gpus), size_bytes=total / len(gpus),
+                    return Collective(op=name, gpus=self._gpu_tuple(ep_row, gpus), size_bytes=total / len(gpus),
                                       stages=_NO_FLOWS, meta={"engine": engine, "coflow_rows": [(crow, total, lat)]})
                 d = self._draw(step, moe_i, mb)
                 cl = moe_alltoall(gpus, d.dispatch_tokens_per_src_dst_rank, op.bytes_per_token,
@@ -671,7 +754,7 @@ class Simulation:
             holds = self.scenario.parallelism.comm_sms == 0
 
             def request(mb: int) -> CommRequest:
-                rv = None if members == 1 else (dim, int(row), key, mb, k)
+                rv = None if members == 1 else (dim, ep_row, key, mb, k)
                 return CommRequest(partial(build, self._step, mb), category, rv, members, holds)
             return request
         skey = (op.collective, dim, int(row), op.size_bytes)
@@ -703,7 +786,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ steps
     def run_step(self, step: int) -> StepResult:
-        env = simpy.Environment()
+        env = EngineEnvironment()
         if self.fidelity == "analytical":
             self.network = AnalyticalSimNetwork(env, self.topology, self.network_params)
         elif self.coflow:
@@ -716,7 +799,10 @@ class Simulation:
         self._draws = {}
         self._batch_draws = {}
         self._layer_arr = {}
+        self._layer_stat = {}
         self._a2a_rows = {}
+        self._a2a_groups = {}
+        self._node_expert_s = {}  # expert times depend on the step's draws
         self._requests = {}  # (rank, program key, node) -> micro-batch -> CommRequest
         self.stats = StepStats()
         # Expert times depend on the step's draws; static times and collectives do not.

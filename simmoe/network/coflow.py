@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -84,8 +85,7 @@ class CoflowRow:
         return row
 
 
-@dataclass(frozen=True)
-class StagePlan:
+class StagePlan(NamedTuple):  # a tuple: one is made per collective started (~30,000 a step)
     row: CoflowRow | None  # None: nothing crosses a link
     total_bytes: float
     latency_s: float  # paid after the stage's bytes drained
@@ -141,7 +141,11 @@ class CoflowFabric:
         """Per stage: its coflow row, bytes and latency (cached for collectives with a cache key)."""
         rows = collective.meta.get("coflow_rows")
         if rows is not None:  # prebuilt (scaled) rows: [(row, total_bytes, route_latency_s)]
-            return [StagePlan(row, total, st.latency_steps * (self.params.step_latency_s + lat))
+            step_s = self.params.step_latency_s
+            if len(rows) == 1 and collective.stages:  # an all-to-all (~30,000 a step: kept short)
+                row, total, lat = rows[0]
+                return [StagePlan(row, total, collective.stages[0].latency_steps * (step_s + lat))]
+            return [StagePlan(row, total, st.latency_steps * (step_s + lat))
                     for (row, total, lat), st in zip(rows, collective.stages)]
         engine = collective.meta.get("engine")
         key = collective.meta.get("cache_key")
@@ -302,27 +306,32 @@ class MoeLinkLoads:
         lat = np.concatenate(lats)
         return used, K, lat, np.concatenate(weights), _latency_groups(lat)
 
-    def inputs(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None) -> np.ndarray:
+    def inputs(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
+               rows: np.ndarray | None = None) -> np.ndarray:
         """(inputs, batch) float token counts, one column per micro-batch: what
         :meth:`loads_batch` multiplies (build it once for both directions). Laid out so that the
         sparse product reads it as it is (a (batch, inputs) array would be transposed into a
-        copy on every product)."""
+        copy on every product). ``rows``: the micro-batches (leading-axis entries) to take,
+        in that order (default all): ``inputs(t[rows], n[rows])`` without the copies."""
         t = np.asarray(tokens_src_dst)
         if t.ndim == 2:
             t = t[None]
-        b = t.shape[0]
         n_pairs = t[0].size
-        parts = [t.reshape(b, -1)]
+        parts = [t.reshape(t.shape[0], -1)]
         if self.hier:
-            parts.append(np.asarray(tokens_src_node).reshape(b, -1))
+            parts.append(np.asarray(tokens_src_node).reshape(t.shape[0], -1))
+        if rows is None:
+            rows = np.arange(t.shape[0])
+        b = len(rows)
         x = np.empty((n_pairs + (parts[1].shape[1] if self.hier else 0), b))
         # Transposed a few micro-batches at a time: the strided writes of one whole transposed
         # copy miss the cache (3x slower at DeepSeek size). Same values.
         for lo in range(0, b, _TRANSPOSE_ROWS):
             hi = min(b, lo + _TRANSPOSE_ROWS)
-            x[:n_pairs, lo:hi] = parts[0][lo:hi].T
+            take = rows[lo:hi]
+            x[:n_pairs, lo:hi] = parts[0][take].T
             if self.hier:
-                x[n_pairs:, lo:hi] = parts[1][lo:hi].T
+                x[n_pairs:, lo:hi] = parts[1][take].T
         return x
 
     def loads_batch(self, tokens_src_dst: np.ndarray, tokens_src_node: np.ndarray | None,
@@ -397,8 +406,13 @@ class CoflowNetwork:
         self._comp: dict[int, set] = {}  # component id -> slots
         self._comp_id = 0
         self._timer_at = np.inf
+        self._timer_exact = True  # _timer_at is the earliest finish of the live coflows
+        self._newest = -1  # slot of the last lone start
         self._timer_gen = 0
         self.n_solves = 0
+        # An environment that can process an event at once when nothing could come before it
+        # (simmoe.engine.core.EngineEnvironment.succeed_last) gets to; a plain one schedules it.
+        self._succeed_last = getattr(env, "succeed_last", None) or _succeed
 
     @property
     def now(self) -> float:
@@ -413,23 +427,30 @@ class CoflowNetwork:
         self._stage(self.fabric.plan(collective), 0, self.env.now, done)
         return done
 
-    def _stage(self, plans: list[StagePlan], i: int, start: float, done: simpy.Event) -> None:
+    def _stage(self, plans: list[StagePlan], i: int, start: float, done: simpy.Event,
+               last: bool = False) -> None:
+        """Run stage i of a transfer (``last``: the caller does nothing after this call, so the
+        transfer's completion may be processed at once, see _succeed)."""
         if i == len(plans):
-            done.succeed(self.env.now - start)
+            if last:
+                self._succeed_last(done, self.env.now - start)
+            else:
+                done.succeed(self.env.now - start)
             return
         p = plans[i]
 
-        def drained():
+        def drained(last: bool = False):
             if p.latency_s > 0:
                 self.env.timeout(p.latency_s).callbacks.append(
-                    lambda _e: self._stage(plans, i + 1, start, done))
+                    lambda _e: self._stage(plans, i + 1, start, done, True))
             else:
-                self._stage(plans, i + 1, start, done)
+                self._stage(plans, i + 1, start, done, last)
 
         if p.row is None or p.total_bytes <= 0:
-            drained()
+            drained(last)
+        elif self._add(p.row, p.total_bytes, drained) and self._timer_exact:
+            self._schedule_new()
         else:
-            self._add(p.row, p.total_bytes, drained)
             self._schedule()
 
     # ------------------------------------------------------------------ state
@@ -454,7 +475,8 @@ class CoflowNetwork:
         """The slots crossing any of ``links``, as bit words (bit b of word w: slot 64 w + b)."""
         return np.bitwise_or.reduce(self._bits[:, links], axis=1).tolist()
 
-    def _add(self, row: CoflowRow, total_bytes: float, callback) -> None:
+    def _add(self, row: CoflowRow, total_bytes: float, callback) -> bool:
+        """Start a coflow; True when it runs alone at its rate alone (no other rate changed)."""
         if not self._free:
             self._grow()
         j = self._free.pop()
@@ -463,7 +485,7 @@ class CoflowNetwork:
         self._rows[j], self._cbs[j] = row, callback
         own = 1 << (j & 63)
         word = self._bits[j >> 6]
-        word[cols] |= np.uint64(own)
+        word[cols] |= _BIT[j & 63]
         pot = self._pot[cols]
         pot += row.potential
         self._pot[cols] = pot
@@ -478,7 +500,8 @@ class CoflowNetwork:
             # affected.
             r = row.rate_alone_bytes_per_s
             self._rate[j], self._fin[j], self._label[j] = r, now + total_bytes / r, -1
-            return
+            self._newest = j
+            return True
         self._rate[j], self._fin[j] = 0.0, np.inf
         members, links = self._component(j, None, (hot, crossing))
         for m in members:  # the components it joins dissolve into this one
@@ -486,6 +509,7 @@ class CoflowNetwork:
             if lab >= 0:
                 self._comp.pop(lab, None)
         self._solve_component(j, members, links)
+        return False
 
     def _remove(self, slots: list[int]) -> list[int]:
         """Drop finished coflows; returns the other members of their components (to re-solve)."""
@@ -493,7 +517,7 @@ class CoflowNetwork:
         for j in slots:
             row = self._rows[j]
             word = self._bits[j >> 6]
-            word[row.cols] &= np.uint64(~(1 << (j & 63)) & 0xFFFFFFFFFFFFFFFF)
+            word[row.cols] &= _NOT_BIT[j & 63]
             self._pot[row.cols] -= row.potential
             lab = self._label[j]
             if lab >= 0:
@@ -600,10 +624,21 @@ class CoflowNetwork:
     # ------------------------------------------------------------------ clock
     def _schedule(self) -> None:
         t = min(map(self._fin.__getitem__, self._live)) if self._live else np.inf
+        self._timer_exact = True  # _timer_at is the earliest finish (inf: none) from here on
         if t == self._timer_at or not math.isfinite(t):
             if not math.isfinite(t):
                 self._timer_at = np.inf
             return
+        self._set_timer(t)
+
+    def _schedule_new(self) -> None:
+        """:meth:`_schedule` after a lone start while ``_timer_at`` is exact: the earliest finish
+        is the earlier of it and the new coflow's (the same min, without the scan)."""
+        t = self._fin[self._newest]
+        if t < self._timer_at:
+            self._set_timer(t)
+
+    def _set_timer(self, t: float) -> None:
         self._timer_at = t
         self._timer_gen += 1
         gen = self._timer_gen
@@ -613,6 +648,7 @@ class CoflowNetwork:
         if gen != self._timer_gen:
             return  # superseded by a later schedule
         self._timer_at = np.inf
+        self._timer_exact = False  # finishes change below; the next _schedule rescans
         now = self.env.now
         rem, rate, tref, size, fin = self._rem, self._rate, self._tref, self._size, self._fin
         finished = [j for j in self._live
@@ -640,6 +676,15 @@ class CoflowNetwork:
             members, links = self._component(s, allowed)
             allowed.difference_update(members)
             self._solve_component(s, members, links)
+
+
+# Bit b of a slot word, and its complement (made once: a numpy scalar per start is not free).
+_BIT = [np.uint64(1 << b) for b in range(64)]
+_NOT_BIT = [np.uint64(~(1 << b) & 0xFFFFFFFFFFFFFFFF) for b in range(64)]
+
+
+def _succeed(event: simpy.Event, value=None) -> None:
+    event.succeed(value)
 
 
 def _progressive_filling(A: np.ndarray, cap: np.ndarray) -> np.ndarray:
