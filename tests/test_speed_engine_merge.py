@@ -137,6 +137,9 @@ _GROUPS = {
                               64, 2),
                       dict(popularity="dirichlet", dirichlet_alpha=0.5),
                       ["9c533c22c3acf106", "6334b9803aa5f47e", "fd80c7abb01018ea"]),
+    "nodes_out_of_order": (EPGroup(np.arange(24) // 4, np.array([0, 1, 0, 1, 1, 1]), 300, 3),
+                           dict(popularity="zipf", zipf_s=0.9),
+                           ["e1be3c31d734c8e6", "800ce7cd3d59f8e4", "2eaccaafbc5ee1a2"]),
 }
 
 

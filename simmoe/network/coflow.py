@@ -430,7 +430,7 @@ class CoflowNetwork:
     def _stage(self, plans: list[StagePlan], i: int, start: float, done: simpy.Event,
                last: bool = False) -> None:
         """Run stage i of a transfer (``last``: the caller does nothing after this call, so the
-        transfer's completion may be processed at once, see _succeed)."""
+        transfer's completion may be processed at once: EngineEnvironment.succeed_last)."""
         if i == len(plans):
             if last:
                 self._succeed_last(done, self.env.now - start)
