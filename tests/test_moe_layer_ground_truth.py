@@ -97,16 +97,23 @@ def test_routing_draw_is_capped_and_distinct_per_token(gt, experts, top_k):
     assert np.bincount(assign.ravel(), minlength=experts).tolist() == hist.tolist()
 
 
+def _small_layer(gt, torch, T, d, E, k, f, *, seed, route_bias):
+    """A tiny Zipf-routed case: (case, expert histogram, token assignment, router bias that forces
+    that assignment)."""
+    case = gt.Case(hidden=d, experts=E, top_k=k, routing="zipf:1.0", tokens=T, expert_ffn=f)
+    hist = gt.routing_histogram(E, T, k, case.routing)
+    assign = gt.assignment(hist, T, k, np.random.default_rng(seed))
+    bias = torch.zeros(T, E).scatter_(1, torch.as_tensor(assign), route_bias)
+    return case, hist, assign, bias
+
+
 @pytest.mark.parametrize("score", ["softmax", "sigmoid"])
 def test_layer_computes_the_moe_output(gt, score):
     """Both grouped kernels give sum over the chosen experts of weight x SwiGLU expert(x)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     T, d, E, k, f = 32, 16, 4, 2, 8
-    case = gt.Case(hidden=d, experts=E, top_k=k, routing="zipf:1.0", tokens=T, expert_ffn=f)
-    hist = gt.routing_histogram(E, T, k, case.routing)
-    assign = gt.assignment(hist, T, k, np.random.default_rng(0))
-    bias = torch.zeros(T, E).scatter_(1, torch.as_tensor(assign), gt.ROUTE_BIAS)
+    case, hist, assign, bias = _small_layer(gt, torch, T, d, E, k, f, seed=0, route_bias=gt.ROUTE_BIAS)
     x, wr = torch.randn(T, d, dtype=torch.bfloat16), torch.randn(E, d, dtype=torch.bfloat16) / 4
     w1, w2 = torch.randn(E, 2 * f, d, dtype=torch.bfloat16) / 4, torch.randn(E, d, f, dtype=torch.bfloat16) / 3
     logits = (x.float() @ wr.float().t()) + bias
@@ -132,10 +139,8 @@ def test_fused_layer_has_the_eager_layers_gradients(gt):
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)
     T, d, E, k, f = 24, 8, 4, 2, 6
-    case = gt.Case(hidden=d, experts=E, top_k=k, routing="zipf:1.0", tokens=T, expert_ffn=f)
-    hist = gt.routing_histogram(E, T, k, case.routing)
-    assign = gt.assignment(hist, T, k, np.random.default_rng(1))
-    bias = torch.zeros(T, E).scatter_(1, torch.as_tensor(assign), 3.0)  # soft: router gets a gradient
+    # a soft route bias: the router gets a gradient
+    case, hist, assign, bias = _small_layer(gt, torch, T, d, E, k, f, seed=1, route_bias=3.0)
     leaves = [torch.randn(T, d), torch.randn(E, d) / 3, torch.randn(E, 2 * f, d) / 3, torch.randn(E, d, f) / 3]
     dout = torch.randn(T, d)
     grouped = gt._grouped_fns(torch, hist, "loop")["loop:torch.mm"]

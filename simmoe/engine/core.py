@@ -165,7 +165,7 @@ class _Stream:
     and grants the head of the queue when a release event is processed, unless a request made in
     between granted it first). With one priority it is first in first out."""
 
-    __slots__ = ("env", "busy", "queue", "_seq", "_succeed_last")
+    __slots__ = ("env", "busy", "queue", "_seq", "_succeed_on_release")
 
     def __init__(self, env: simpy.Environment) -> None:
         self.env = env
@@ -174,13 +174,13 @@ class _Stream:
         self._seq = 0
         # A grant made by a release event is that event's last action: EngineEnvironment may
         # process it at once.
-        self._succeed_last = env.succeed_last if isinstance(env, EngineEnvironment) else None
+        self._succeed_on_release = env.succeed_last if isinstance(env, EngineEnvironment) else Event.succeed
 
     def request(self, priority: int = 0) -> Event:
         ev = Event(self.env)
         heappush(self.queue, (priority, self._seq, ev))
         self._seq += 1
-        self._grant(None)
+        self._grant(Event.succeed)  # the caller yields the request next: an ordinary event
         return ev
 
     def take_now(self, alone: Callable[[], bool]) -> bool:
@@ -192,20 +192,14 @@ class _Stream:
         self.busy = True
         return True
 
-    def _grant(self, _event) -> None:
+    def _grant(self, succeed: Callable[[Event], None]) -> None:
+        """Grant the head of the queue unless the stream is busy (a request made since took it)."""
         if not self.busy and self.queue:
             self.busy = True
-            heappop(self.queue)[2].succeed()
+            succeed(heappop(self.queue)[2])
 
     def _granted_on_release(self, _event) -> None:
-        """The release event: grant the head of the queue unless a request made since did."""
-        if not self.busy and self.queue:
-            self.busy = True
-            granted = heappop(self.queue)[2]
-            if self._succeed_last is None:
-                granted.succeed()
-            else:
-                self._succeed_last(granted)
+        self._grant(self._succeed_on_release)
 
     def release(self) -> None:
         self.busy = False
