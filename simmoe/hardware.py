@@ -23,6 +23,7 @@ class GpuSpec:
     tdp_W: float
     sms: int
     nvlink_links: int = 0  # NVLink links per GPU (0: none)
+    architecture: str = ""  # tensor-core generation ("hopper", "blackwell", ...; "" unknown)
 
 
 @dataclass(frozen=True)

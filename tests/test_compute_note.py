@@ -8,8 +8,11 @@ from simmoe.engine.api import extrapolation_note
 
 
 def test_anchor_gpus_are_the_measured_ones():
-    anchors = load_roofline_params().anchor_gpus
-    assert anchors == ("H100-SXM", "H800-SXM")  # roofline.yaml: HBM and BF16 on H100, FP8 on H800
+    params = load_roofline_params()
+    # roofline.yaml: HBM and BF16 on H100, FP8 on H800; Blackwell GEMMs on B200 (published rates)
+    assert params.anchor_gpus("hopper") == ("H100-SXM", "H800-SXM")
+    assert params.anchor_gpus("ampere") == ("H100-SXM", "H800-SXM")  # no Ampere anchors: the default
+    assert params.anchor_gpus("blackwell") == ("B200", "H100-SXM")
 
 
 def test_note_only_off_the_anchors():
@@ -23,8 +26,11 @@ def test_note_only_off_the_anchors():
 def test_run_metadata_and_summary(tmp_path):
     from simmoe.cli.run import run_scenario
 
-    b200 = run_scenario("default", out=str(tmp_path / "b"), steps=1, progress=False,
-                        overrides=["cluster.topology=b200-ndr-rail"])
-    assert "extrapolated to B200" in b200["compute_note"]
-    h100 = run_scenario("default", out=str(tmp_path / "h"), steps=1, progress=False)
-    assert "compute_note" not in h100
+    # GB200: GEMM efficiency solved on B200 measurements, carried over by datasheet peaks
+    gb200 = run_scenario("default", out=str(tmp_path / "g"), steps=1, progress=False,
+                         overrides=["cluster.topology=gb200-nvl72", "cluster.nodes=4"])
+    assert "extrapolated to GB200" in gb200["compute_note"] and "B200, H100-SXM" in gb200["compute_note"]
+    for name, topology in (("h", None), ("b", "cluster.topology=b200-ndr-rail")):  # anchored GPUs
+        result = run_scenario("default", out=str(tmp_path / name), steps=1, progress=False,
+                              overrides=[topology] if topology else [])
+        assert "compute_note" not in result

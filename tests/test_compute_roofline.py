@@ -426,3 +426,52 @@ def test_sustained_clocks_slow_tensor_cores_not_hbm():
     assert hot.identifier != H100.identifier and "/burst" in H100.identifier and "/burst" not in hot.identifier
     with pytest.raises(InputError):
         RooflineModel("H100-SXM", clocks="turbo")
+
+
+# -- anchors per architecture ----------------------------------------------------------------------
+
+
+def test_blackwell_gemms_reproduce_their_published_b200_rates():
+    # roofline.yaml gemm.architecture_anchors.blackwell: OpenXLA's sm_100 table (4 x 4096^3 BF16 at
+    # 1670 TFLOPS) and vLLM PR 19566 (16384x6144x4096 FP8, per-tensor scales, at 2545 TFLOPS).
+    b200 = RooflineModel("B200", clocks="burst")
+    assert useful_tflops(2 * 16384 * 4096 * 4096, b200.gemm_s(16384, 4096, 4096, "bf16")) == pytest.approx(1670)
+    assert useful_tflops(2 * 16384 * 6144 * 4096, b200.gemm_s(16384, 6144, 4096, "fp8")) == pytest.approx(2545)
+    # Below the Hopper efficiency carried over by datasheet peaks (what simmoe used before).
+    assert b200.gemm_efficiency["bf16"] < H100.gemm_efficiency["bf16"]
+    assert b200.gemm_efficiency["fp8"] < H100.gemm_efficiency["fp8"]
+
+
+def test_the_bf16_source_table_agrees_with_the_h100_anchor():
+    # The same OpenXLA table's sm_90 row (4 x 4096^3 BF16: 789 TFLOPS) against simmoe's H100 model,
+    # whose BF16 anchor is an independent measurement (8192^3 at 798): within 2%.
+    assert useful_tflops(2 * 16384 * 4096 * 4096, H100.gemm_s(16384, 4096, 4096, "bf16")) == pytest.approx(789, rel=0.02)
+
+
+def test_gb200_shares_b200_efficiency_and_scales_by_its_datasheet_peak():
+    b200, gb200 = RooflineModel("B200", clocks="burst"), RooflineModel("GB200", clocks="burst")
+    assert gb200.gemm_efficiency == b200.gemm_efficiency
+    # Same SM count (148), so a compute-bound GEMM is faster by exactly the peak ratio 2500/2250.
+    m, n, k = 16384, 4096, 4096
+    busy_b = b200.gemm_parts(m, n, k, "bf16")["compute_s"]
+    busy_gb = gb200.gemm_parts(m, n, k, "bf16")["compute_s"]
+    assert float(busy_b / busy_gb) == pytest.approx(2500 / 2250, rel=1e-9)
+    # Hopper GPUs are untouched by the Blackwell anchors.
+    assert RooflineModel("H200-SXM", clocks="burst").gemm_efficiency == H100.gemm_efficiency
+
+
+def test_architecture_anchor_on_a_gpu_of_another_architecture_is_refused(tmp_path):
+    tree = yaml.safe_load(DEFAULT_ROOFLINE_FILE.read_text())
+    tree["gemm"]["architecture_anchors"]["blackwell"]["bf16"]["gpu"] = "H100-SXM"
+    bad = tmp_path / "roofline-arch.yaml"
+    bad.write_text(yaml.safe_dump(tree))
+    with pytest.raises(InputError) as err:
+        RooflineModel("B200", params_file=bad)
+    assert err.value.field == "gemm.architecture_anchors.blackwell.bf16.gpu" and "blackwell" in str(err.value)
+    RooflineModel("H100-SXM", params_file=bad)  # a Hopper GPU never reads the Blackwell anchors
+    tree["gemm"]["architecture_anchors"]["blackwell"] = {"fp16": tree["gemm"]["anchors"]["bf16"]}
+    bad = tmp_path / "roofline-dtype.yaml"
+    bad.write_text(yaml.safe_dump(tree))
+    with pytest.raises(InputError) as err:
+        RooflineModel("B200", params_file=bad)
+    assert err.value.field == "gemm.architecture_anchors.blackwell.fp16"

@@ -48,7 +48,9 @@ class RooflineParams:
     tile_k: dict[str, int]
     tile_fixed_k: dict[str, float]  # per-tile fixed cost (prologue, epilogue), in main-loop K elements
     split_k_workspace_bytes_per_output_element: float
-    anchors: dict[str, GemmAnchor]
+    anchors: dict[str, GemmAnchor]  # default per dtype (GPUs of an architecture not listed below)
+    # architecture (hardware.yaml) -> dtype -> anchor measured on a GPU of that architecture
+    architecture_anchors: dict[str, dict[str, GemmAnchor]]
     dtypes: dict[str, DtypeBytes]
     attention_block_q: int
     attention_block_k: int
@@ -61,11 +63,19 @@ class RooflineParams:
     path: str  # full path of that file
     sha256: str  # of that file's text: names the parameter set in results metadata
 
-    @property
-    def anchor_gpus(self) -> tuple[str, ...]:
-        """GPUs whose measurements anchor these parameters (HBM and GEMM anchors); on any other GPU
-        the roofline is an extrapolation by datasheet peaks."""
-        return tuple(sorted({self.hbm_anchor_gpu, *(a.gpu for a in self.anchors.values())}))
+    def gemm_anchor(self, architecture: str, dtype: str) -> tuple[GemmAnchor, str]:
+        """The anchor a GPU of ``architecture`` solves its ``dtype`` efficiency from, and its field:
+        one measured on that architecture where the file has one, else the default."""
+        own = self.architecture_anchors.get(architecture, {})
+        if dtype in own:
+            return own[dtype], f"gemm.architecture_anchors.{architecture}.{dtype}"
+        return self.anchors[dtype], f"gemm.anchors.{dtype}"
+
+    def anchor_gpus(self, architecture: str = "") -> tuple[str, ...]:
+        """GPUs whose measurements anchor the roofline on a GPU of ``architecture`` (HBM and GEMM
+        anchors); on any other GPU its rates are an extrapolation by datasheet peaks."""
+        gemm = {self.gemm_anchor(architecture, dtype)[0].gpu for dtype in DTYPES}
+        return tuple(sorted({self.hbm_anchor_gpu, *gemm}))
 
 
 def _get(tree: dict, path: str, file: str):
@@ -117,6 +127,47 @@ def _tile_fixed_k(tree: dict, file: str) -> dict[str, float]:
             else 0.0 for dtype in DTYPES}
 
 
+def _anchor(tree: dict, base: str, file: str) -> GemmAnchor:
+    node = _get(tree, base, file)
+    if not isinstance(node, dict):
+        raise InputError("expected a mapping with gpu, m, n, k and measured_tflops", file=file, field=base)
+    has_measured, has_fraction = "measured_tflops" in node, "assumed_fraction_of_peak" in node
+    if has_measured == has_fraction:
+        raise InputError("give exactly one of measured_tflops or assumed_fraction_of_peak", file=file, field=base)
+    fraction = _positive(tree, f"{base}.assumed_fraction_of_peak", file) if has_fraction else None
+    if fraction is not None and fraction > 1:
+        raise InputError("bad value", file=file, field=f"{base}.assumed_fraction_of_peak", value=fraction,
+                         allowed="a fraction in (0, 1]")
+    return GemmAnchor(
+        gpu=str(_get(tree, f"{base}.gpu", file)),
+        m=_positive(tree, f"{base}.m", file, integer=True),
+        n=_positive(tree, f"{base}.n", file, integer=True),
+        k=_positive(tree, f"{base}.k", file, integer=True),
+        measured_tflops=_positive(tree, f"{base}.measured_tflops", file) if has_measured else None,
+        assumed_fraction_of_peak=fraction,
+    )
+
+
+def _architecture_anchors(tree: dict, file: str) -> dict[str, dict[str, GemmAnchor]]:
+    """gemm.architecture_anchors: optional {architecture: {dtype: anchor}}; "source" keys are notes."""
+    field = "gemm.architecture_anchors"
+    node = tree.get("gemm", {}).get("architecture_anchors") if isinstance(tree.get("gemm"), dict) else None
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise InputError("expected a mapping such as {blackwell: {bf16: {gpu: B200, ...}}}", file=file, field=field)
+    out = {}
+    for arch, per_dtype in node.items():
+        if not isinstance(per_dtype, dict):
+            raise InputError("expected a mapping of dtype to anchor", file=file, field=f"{field}.{arch}")
+        unknown = sorted(set(per_dtype) - set(DTYPES))
+        if unknown:
+            raise InputError("unknown dtype", file=file, field=f"{field}.{arch}.{unknown[0]}", value=unknown[0],
+                             allowed=", ".join(DTYPES))
+        out[str(arch)] = {dtype: _anchor(tree, f"{field}.{arch}.{dtype}", file) for dtype in per_dtype}
+    return out
+
+
 def _parse(text: str, file: str) -> RooflineParams:
     try:
         tree = yaml.safe_load(text)
@@ -134,25 +185,8 @@ def _parse(text: str, file: str) -> RooflineParams:
         raise InputError("bad value", file=file, field="gemm.tile_shapes.value", value=shapes,
                          allowed="a non-empty list of [rows, columns] positive integers", has_value=True)
 
-    anchors = {}
-    for dtype in DTYPES:
-        base = f"gemm.anchors.{dtype}"
-        node = _get(tree, base, file)
-        has_measured, has_fraction = "measured_tflops" in node, "assumed_fraction_of_peak" in node
-        if has_measured == has_fraction:
-            raise InputError("give exactly one of measured_tflops or assumed_fraction_of_peak", file=file, field=base)
-        fraction = _positive(tree, f"{base}.assumed_fraction_of_peak", file) if has_fraction else None
-        if fraction is not None and fraction > 1:
-            raise InputError("bad value", file=file, field=f"{base}.assumed_fraction_of_peak", value=fraction,
-                             allowed="a fraction in (0, 1]")
-        anchors[dtype] = GemmAnchor(
-            gpu=str(_get(tree, f"{base}.gpu", file)),
-            m=_positive(tree, f"{base}.m", file, integer=True),
-            n=_positive(tree, f"{base}.n", file, integer=True),
-            k=_positive(tree, f"{base}.k", file, integer=True),
-            measured_tflops=_positive(tree, f"{base}.measured_tflops", file) if has_measured else None,
-            assumed_fraction_of_peak=fraction,
-        )
+    anchors = {dtype: _anchor(tree, f"gemm.anchors.{dtype}", file) for dtype in DTYPES}
+    architecture_anchors = _architecture_anchors(tree, file)
 
     dtypes = {
         dtype: DtypeBytes(
@@ -199,6 +233,7 @@ def _parse(text: str, file: str) -> RooflineParams:
             _positive(tree, "gemm.split_k_workspace_bytes_per_output_element.value", file, allow_zero=True)
         ),
         anchors=anchors,
+        architecture_anchors=architecture_anchors,
         dtypes=dtypes,
         attention_block_q=_positive(tree, "attention.block_q", file, integer=True),
         attention_block_k=_positive(tree, "attention.block_k", file, integer=True),

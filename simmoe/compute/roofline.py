@@ -146,9 +146,12 @@ class RooflineModel:
     def _solve_anchor(self, dtype: str) -> float:
         """Efficiency e such that this model's time at the anchor shape on the anchor GPU equals the
         anchor's: overhead + padded_work / (peak * e) = 2mnk / anchor_rate."""
-        a = self.params.anchors[dtype]
-        where = f"gemm.anchors.{dtype}"
+        a, where = self.params.gemm_anchor(self.spec.architecture, dtype)
         spec = gpu_spec(a.gpu, file=self.params.source, field=f"{where}.gpu")
+        if where.startswith("gemm.architecture_anchors.") and spec.architecture != self.spec.architecture:
+            raise InputError("anchor GPU is of another architecture", file=self.params.source,
+                             field=f"{where}.gpu", value=a.gpu,
+                             allowed=f"a {self.spec.architecture} GPU (simmoe/data/hardware.yaml architecture)")
         peak = self._peak_or_none(spec, dtype)
         if peak is None:
             raise InputError(f"anchor GPU has no {dtype} peak", file=self.params.source, field=f"{where}.gpu",
@@ -390,5 +393,5 @@ class RooflineModel:
             "kernel_overhead_s": self.params.kernel_overhead_s,
             "compute_sms": self._sms,
             "gpu_sms": int(self.spec.sms),
-            "anchored_on": list(self.params.anchor_gpus),
+            "anchored_on": list(self.params.anchor_gpus(self.spec.architecture)),
         }
