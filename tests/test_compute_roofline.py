@@ -448,6 +448,15 @@ def test_the_bf16_source_table_agrees_with_the_h100_anchor():
     assert useful_tflops(2 * 16384 * 4096 * 4096, H100.gemm_s(16384, 4096, 4096, "bf16")) == pytest.approx(789, rel=0.02)
 
 
+def test_b200_fp8_linear_matches_a_third_published_measurement():
+    # NVIDIA/TransformerEngine issue 1747: an FP8 te.Linear forward at 8192^3 on B200 at 2377 TFLOPS,
+    # input and weight quantization included (each a memory-bound pass: BF16 read, FP8 written).
+    b200 = RooflineModel("B200", clocks="burst")
+    quantize_s = b200.memory_bound_s(8192 * 8192 * 3, 1)
+    seconds = b200.gemm_s(8192, 8192, 8192, "fp8") + 2 * quantize_s
+    assert useful_tflops(2 * 8192**3, seconds) == pytest.approx(2377, rel=0.05)
+
+
 def test_gb200_shares_b200_efficiency_and_scales_by_its_datasheet_peak():
     b200, gb200 = RooflineModel("B200", clocks="burst"), RooflineModel("GB200", clocks="burst")
     assert gb200.gemm_efficiency == b200.gemm_efficiency
