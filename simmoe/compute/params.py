@@ -149,7 +149,7 @@ def _anchor(tree: dict, base: str, file: str) -> GemmAnchor:
 
 
 def _architecture_anchors(tree: dict, file: str) -> dict[str, dict[str, GemmAnchor]]:
-    """gemm.architecture_anchors: optional {architecture: {dtype: anchor}}; "source" keys are notes."""
+    """gemm.architecture_anchors: optional {architecture: {dtype: anchor}}, each anchor with its source."""
     field = "gemm.architecture_anchors"
     node = tree.get("gemm", {}).get("architecture_anchors") if isinstance(tree.get("gemm"), dict) else None
     if node is None:
