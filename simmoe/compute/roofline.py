@@ -148,7 +148,8 @@ class RooflineModel:
         anchor's: overhead + padded_work / (peak * e) = 2mnk / anchor_rate."""
         a, where = self.params.gemm_anchor(self.spec.architecture, dtype)
         spec = gpu_spec(a.gpu, file=self.params.source, field=f"{where}.gpu")
-        if where.startswith("gemm.architecture_anchors.") and spec.architecture != self.spec.architecture:
+        own_architecture = dtype in self.params.architecture_anchors.get(self.spec.architecture, {})
+        if own_architecture and spec.architecture != self.spec.architecture:
             raise InputError("anchor GPU is of another architecture", file=self.params.source,
                              field=f"{where}.gpu", value=a.gpu,
                              allowed=f"a {self.spec.architecture} GPU (simmoe/data/hardware.yaml architecture)")
