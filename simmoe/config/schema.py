@@ -252,6 +252,15 @@ class Routing(_Section):
     expert_placement: Literal["contiguous", "round_robin", "topology_aware"] = "contiguous"
     hierarchical_a2a: bool = False
     dispatch_dtype: Literal["fp8", "bf16"] = "bf16"
+    # The library that moves the EP all-to-all; it sets the share of NVLink line rate reached
+    # (simmoe.network.params.engine_link_efficiency). null: DeepEP when hierarchical, else NCCL.
+    a2a_engine: Literal["nccl", "deepep", "hybridep"] | None = None
+
+    @property
+    def a2a_engine_name(self) -> str | None:
+        """The network's engine name for EP all-to-alls (None: NCCL's link efficiencies)."""
+        engine = self.a2a_engine or ("deepep" if self.hierarchical_a2a else "nccl")
+        return None if engine == "nccl" else engine
 
 
 # ---------------------------------------------------------------------------- cluster, costs, sim

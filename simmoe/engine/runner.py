@@ -672,7 +672,7 @@ class Simulation:
             arr = self._routing[moe_i].draw_layer(step, moe_i, self.m)  # the same draws
         x = loads.inputs(arr.dispatch_tokens_per_src_dst_rank, arr.dispatch_tokens_per_src_dst_node,
                          rows=mbs)
-        engine = self._engine_name("deepep" if hier else None, "ep", s, hier)
+        engine = self._engine_name(self.scenario.routing.a2a_engine_name, "ep", s, hier)
         index = {int(b): i for i, b in enumerate(mbs)}
         for combine in (False, True):
             self._a2a_rows[(moe_i, combine, row)] = (self._fabric.moe_rows(loads, x, combine, engine),
@@ -747,7 +747,7 @@ class Simulation:
                                   server_of_gpu=self._server,
                                   tokens_src_node=d.dispatch_tokens_per_src_dst_node,
                                   hierarchical=hier, combine=combine,
-                                  engine="deepep" if hier else None)
+                                  engine=self.scenario.routing.a2a_engine_name)
                 return self._finish(cl, "ep", s, hier)
 
             # SM-based all-to-alls (DeepEP) hold the reserved parallelism.comm_sms throughout;

@@ -36,10 +36,13 @@ class NetworkParams:
     # figures above). A collective names its engine in meta["engine"]; classes not listed keep
     # link_efficiency. DeepEP's normal kernels copy NVLink payload with a fixed SM budget (24 SMs)
     # and reach about 0.64 of NVLink line rate (DeepEP V2 README, B200 EP8 at 24 SMs); sources in
-    # docs/network.md. NCCL's NVLS all-reduce (in-switch reduction + multicast) runs at NCCL's
+    # docs/network.md. HybridEP (NVIDIA's TMA-based EP kernels in DeepEP's hybrid-ep branch) on
+    # GB200 multi-node NVLink: 0.67 (its published GB200 table, 32 ranks, 32 SMs, kernel time;
+    # docs/network.md). NCCL's NVLS all-reduce (in-switch reduction + multicast) runs at NCCL's
     # NVLink rate times its Hopper NVLS efficiency.
     engine_link_efficiency: dict[str, dict[str, float]] = field(default_factory=lambda: {
         "deepep": {"nvlink": 0.64},
+        "hybridep": {"nvlink": 0.67},
         "nvls": {"nvlink": NVLINK_EFFICIENCY_NCCL * NVLS_EFFICIENCY_HOPPER},
     })
     # Software + launch latency paid once per sequential step of a collective (NCCL's alpha).
