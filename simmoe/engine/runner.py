@@ -751,7 +751,8 @@ class Simulation:
                 return self._finish(cl, "ep", s, hier)
 
             # SM-based all-to-alls (DeepEP) hold the reserved parallelism.comm_sms throughout;
-            # without a reservation they are NCCL's and hold SMs while in flight.
+            # without a reservation they hold NCCL's SM count while in flight, whichever
+            # routing.a2a_engine moves them (HybridEP's own 16-32 SMs are not modelled apart).
             holds = self.scenario.parallelism.comm_sms == 0
 
             def request(mb: int) -> CommRequest:
