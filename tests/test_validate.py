@@ -48,9 +48,12 @@ def fast_run(tmp_path_factory):
     from simmoe.engine import runner
     from simmoe.network import backends
 
-    seen = {"network_params": [], "engine": []}
+    from simmoe.compute import roofline
+
+    seen = {"network_params": [], "engine": [], "roofline": []}
     flow_init = backends.FlowBackend.__init__
     sim_init = runner.Simulation.__init__
+    roofline_init = roofline.RooflineModel.__init__
 
     def spy_flow(self, topology, params=backends.DEFAULT_NETWORK_PARAMS):
         seen["network_params"].append(params)
@@ -60,10 +63,15 @@ def fast_run(tmp_path_factory):
         seen["engine"].append(kw)
         sim_init(self, scenario, **kw)
 
+    def spy_roofline(self, gpu_name, **kw):
+        seen["roofline"].append(kw)
+        roofline_init(self, gpu_name, **kw)
+
     out = tmp_path_factory.mktemp("validation")
     mp = pytest.MonkeyPatch()
     mp.setattr(backends.FlowBackend, "__init__", spy_flow)
     mp.setattr(runner.Simulation, "__init__", spy_sim)
+    mp.setattr(roofline.RooflineModel, "__init__", spy_roofline)
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as done:
@@ -73,10 +81,10 @@ def fast_run(tmp_path_factory):
     return {"code": done.value.code, "json": json.loads(buf.getvalue()), "out": out, "seen": seen}
 
 
-def test_fast_collective_and_energy_cases_are_within_tolerance(fast_run):
+def test_fast_collective_kernel_and_energy_cases_are_within_tolerance(fast_run):
     rows = fast_run["json"]["rows"]
-    checked = [r for r in rows if r["kind"] in ("collective", "energy") and r["tolerance_pct"] is not None]
-    assert checked, "the fast suite must hold collective and energy cases"
+    checked = [r for r in rows if r["kind"] in ("collective", "kernel", "energy") and r["tolerance_pct"] is not None]
+    assert {r["kind"] for r in checked} == {"collective", "kernel", "energy"}, "the fast suite must hold all three"
     gaps = {c.id for c in load_cases(fast=True) if c.known_gap}
     for r in checked:
         if r["case_id"] in gaps:
@@ -134,6 +142,9 @@ def test_validation_runs_use_the_one_default_parameter_set(fast_run):
     seen = fast_run["seen"]
     assert seen["network_params"], "no collective was timed"
     assert all(p is DEFAULT_NETWORK_PARAMS for p in seen["network_params"])
+    # Kernel cases (and the engine's own models) use the shipped roofline.yaml, no other file.
+    assert seen["roofline"], "the kernel cases build a roofline model"
+    assert all(kw.get("params_file") is None for kw in seen["roofline"])
     for kw in seen["engine"]:  # end-to-end runs: default roofline, default network parameters
         assert kw.get("compute") is None
         assert kw.get("network_params", DEFAULT_NETWORK_PARAMS) is DEFAULT_NETWORK_PARAMS
@@ -166,6 +177,42 @@ def test_budget_arithmetic_by_hand():
 
 
 # ------------------------------------------------------------------------------ coverage
+
+
+def test_attention_flop_convention_reproduces_the_published_pairs():
+    # Oracle: each FlashAttention-4 PR prints both milliseconds and TFLOPS; simmoe's FLOP count for
+    # its benchmark must turn one into the other (to the 4 digits printed).
+    from simmoe.validation.runners import ATTENTION_BACKWARD_FLOPS_PER_FORWARD, attention_benchmark_flops
+
+    for case_id in ("fa4-attention-b200-hd128", "fa4-attention-b200-hd192-128"):
+        case = next(iter(load_cases(only=[case_id])))
+        published = {m.name: m.published for m in case.metrics}
+        fwd = attention_benchmark_flops(case.run.kernel)
+        assert fwd / (published["forward_ms"] * 1e-3) / 1e12 == pytest.approx(published["forward_tflops"], rel=1e-3)
+        bwd = fwd * ATTENTION_BACKWARD_FLOPS_PER_FORWARD
+        assert bwd / (published["backward_ms"] * 1e-3) / 1e12 == pytest.approx(published["backward_tflops"], rel=1e-3)
+
+
+def test_gemm_case_pairs_time_and_rate():
+    # Oracle: 2 m n k over the published time is the published rate (the GB200 row prints both).
+    case = next(iter(load_cases(only=["torch-linear-gb200-bf16"])))
+    k = case.run.kernel
+    published = {m.name: m.published for m in case.metrics}
+    assert 2 * k.m * k.n * k.k / (published["time_ms"] * 1e-3) / 1e12 == pytest.approx(published["tflops"], rel=1e-3)
+
+
+def test_kernel_case_shape_and_metrics_are_checked(tmp_path):
+    text = (CASE_DIR / "torch-linear-h100-bf16.yaml").read_text()
+    bad = tmp_path / "torch-linear-h100-bf16.yaml"
+    bad.write_text(text.replace(" k: 2048,", ""))
+    with pytest.raises(InputError, match="needs m, n, k"):
+        load_case(bad)
+    bad.write_text(text.replace("name: tflops,", "name: forward_tflops,"))
+    with pytest.raises(InputError, match="not produced by a gemm kernel run"):
+        load_case(bad)
+    bad.write_text(text.replace(" k: 2048,", " k: 2048, heads: 16,"))
+    with pytest.raises(InputError, match="not heads"):
+        load_case(bad)
 
 
 def test_every_public_case_is_covered():

@@ -25,7 +25,7 @@ def _fmt(value: float | None, unit: str = "") -> str:
         return f"{value:,.0f}"
     if a >= 100:
         return f"{value:.1f}"
-    return f"{value:.3g}" if a < 1 else f"{value:.2f}"
+    return f"{value:#.3g}" if a < 1 else f"{value:.2f}"
 
 
 _STYLE = {"within": "green", "outside": "bold red", "known_gap": "red", "error": "bold red", "info": "dim"}

@@ -1,8 +1,8 @@
 """Validation case files (scenarios/validation/*.yaml): schema, loader, discovery.
 
 A case says WHAT was measured and WHERE it was published: the run (a scenario file, a collective,
-DeepEP's benchmark traffic, an energy or budgeting setup), the published values with units,
-the source, a tolerance, and whether CI runs it (``fast``). It may hold only facts about the
+DeepEP's benchmark traffic, one kernel, an energy or budgeting setup), the published values with
+units, the source, a tolerance, and whether CI runs it (``fast``). It may hold only facts about the
 workload and the hardware (sizes, counts, dtypes, topology names): every section below forbids
 unknown keys, and none of them has a field for a model parameter (link or kernel efficiency,
 latency, roofline anchors). simmoe's one parameter set (simmoe/network/params.py,
@@ -22,7 +22,7 @@ from simmoe.errors import InputError
 from simmoe.paths import SCENARIO_DIR
 
 CASE_DIR = SCENARIO_DIR / "validation"
-KINDS = ("end_to_end", "collective", "energy", "analytical")
+KINDS = ("end_to_end", "collective", "kernel", "energy", "analytical")
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -71,6 +71,41 @@ class DeepEPRun(_Facts):
     seed: int = 0
 
 
+class KernelRun(_Facts):
+    """One kernel of a published microbenchmark on one GPU, timed by the roofline model every engine
+    run uses (simmoe.compute.roofline). ``gemm``: an m x n x k GEMM. ``attention``: forward and
+    backward of FlashAttention-style attention over ``batch`` x ``heads`` sequences of ``seq_len``."""
+
+    gpu: str  # a GPU name in simmoe/data/hardware.yaml
+    op: Literal["gemm", "attention"]
+    dtype: Literal["bf16", "fp8"] = "bf16"
+    m: Optional[PosInt] = None
+    n: Optional[PosInt] = None
+    k: Optional[PosInt] = None
+    batch: Optional[PosInt] = None
+    seq_len: Optional[PosInt] = None
+    heads: Optional[PosInt] = None
+    head_dim_qk: Optional[PosInt] = None
+    head_dim_v: Optional[PosInt] = None
+    causal: bool = True
+    # How the measurement was timed: a microbenchmark of seconds runs at the GPU's boost clock
+    # ("burst"); a kernel timed inside hours of training at its power cap is "sustained".
+    clocks: Literal["burst", "sustained"] = "burst"
+
+    @model_validator(mode="after")
+    def _shape_of_op(self) -> "KernelRun":
+        need = {"gemm": ("m", "n", "k"),
+                "attention": ("batch", "seq_len", "heads", "head_dim_qk", "head_dim_v")}[self.op]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.op} kernel needs {', '.join(need)} (missing: {', '.join(missing)})")
+        other = [f for fs in (("m", "n", "k"), ("batch", "seq_len", "heads", "head_dim_qk", "head_dim_v"))
+                 for f in fs if f not in need and getattr(self, f) is not None]
+        if other:
+            raise ValueError(f"a {self.op} kernel takes {', '.join(need)}, not {', '.join(other)}")
+        return self
+
+
 class EnergyRun(_Facts):
     """A published run's energy: chips x average power x duration x PUE (simmoe.forecast.energy)."""
 
@@ -105,6 +140,7 @@ class Run(_Facts):
     scenario: Optional[ScenarioRun] = None
     collective: Optional[CollectiveRun] = None
     deepep: Optional[DeepEPRun] = None
+    kernel: Optional[KernelRun] = None
     energy: Optional[EnergyRun] = None
     budget: Optional[BudgetRun] = None
 
@@ -135,6 +171,9 @@ METRICS = {
                  "step_time_s"),
     "collective": ("busbw_GBps", "algbw_GBps", "time_s", "nic_GBps"),
     "deepep": ("dispatch_GBps", "combine_GBps"),
+    # GEMM: tflops = 2mnk / time. Attention, FlashAttention's benchmark convention: forward FLOPs
+    # 2 x batch x heads x seq_len^2 x (head_dim_qk + head_dim_v), halved when causal; backward 2.5x.
+    "kernel": ("time_ms", "tflops", "forward_ms", "forward_tflops", "backward_ms", "backward_tflops"),
     "energy": ("energy_mwh", "tco2e"),
     "budget": tuple(f"{side}_{k}" for side in ("article", "corrected") for k in
                     ("dense_gpu_hours", "moe_gpu_hours", "dense_cost_usd", "moe_cost_usd", "dense_over_moe",
@@ -143,10 +182,12 @@ METRICS = {
        "simulated_goodput"),
 }
 
+KERNEL_METRICS = {"gemm": METRICS["kernel"][:2], "attention": METRICS["kernel"][2:]}
+
 
 class Case(_Facts):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
-    kind: Literal["end_to_end", "collective", "energy", "analytical"]
+    kind: Literal["end_to_end", "collective", "kernel", "energy", "analytical"]
     covers: Optional[str] = None  # the id in shared/validation/public_cases.yaml, if any
     fast: bool
     source: str
@@ -160,14 +201,16 @@ class Case(_Facts):
 
     @model_validator(mode="after")
     def _kind_matches_run(self) -> "Case":
-        allowed = {"end_to_end": {"scenario"}, "collective": {"collective", "deepep"},
+        allowed = {"end_to_end": {"scenario"}, "collective": {"collective", "deepep"}, "kernel": {"kernel"},
                    "energy": {"energy"}, "analytical": {"budget"}}[self.kind]
         if self.run.what not in allowed:
             raise ValueError(f"kind {self.kind} runs {' or '.join(sorted(allowed))}, not {self.run.what}")
-        produced = METRICS[self.run.what]
+        kernel = self.run.kernel
+        produced = KERNEL_METRICS[kernel.op] if kernel is not None else METRICS[self.run.what]
         for m in self.metrics:
             if m.name not in produced:
-                raise ValueError(f"metric {m.name!r} is not produced by a {self.run.what} run "
+                raise ValueError(f"metric {m.name!r} is not produced by a "
+                                 f"{kernel.op + ' kernel' if kernel is not None else self.run.what} run "
                                  f"(allowed: {', '.join(produced)})")
         return self
 

@@ -14,7 +14,8 @@ from functools import lru_cache
 import numpy as np
 
 from simmoe.errors import InputError
-from simmoe.validation.cases import BudgetRun, Case, CollectiveRun, DeepEPRun, EnergyRun, ScenarioRun, resolve_beside
+from simmoe.validation.cases import (BudgetRun, Case, CollectiveRun, DeepEPRun, EnergyRun, KernelRun, ScenarioRun,
+                                     resolve_beside)
 
 SECONDS_PER_DAY = 86400.0
 TOKENS_PER_TRILLION = 1e12
@@ -103,6 +104,41 @@ def run_deepep(case: Case, spec: DeepEPRun) -> Outcome:
         time_s = backend.collective_time_s(coll).time_s
         out[name] = float(D.deepep_bytes_per_rank(coll).mean() / time_s / 1e9)
     return Outcome(out, ["DeepEP's metric: bytes it counts per rank (mean) / simmoe's collective time"])
+
+
+# ------------------------------------------------------------------------------ kernels
+
+# FlashAttention's benchmark counts the backward pass as 2.5 forward passes (two GEMMs forward,
+# five backward).
+ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.5
+
+
+def attention_benchmark_flops(spec: KernelRun) -> float:
+    """Forward FLOPs as FlashAttention's benchmarks count them (what its papers' TFLOPS divide):
+    2 x batch x heads x seq_len^2 x (head_dim_qk + head_dim_v), halved when causal."""
+    flops = 2.0 * spec.batch * spec.heads * spec.seq_len ** 2 * (spec.head_dim_qk + spec.head_dim_v)
+    return flops / 2.0 if spec.causal else flops
+
+
+def run_kernel(case: Case, spec: KernelRun) -> Outcome:
+    """The kernel's time from the roofline model the engine uses (default parameters, all SMs)."""
+    from simmoe.compute.roofline import RooflineModel
+
+    model = RooflineModel(spec.gpu, field="run.kernel.gpu", file=case.file, clocks=spec.clocks)
+    notes = [f"simmoe's roofline for {model.spec.name} at {spec.clocks} clocks, no calibration profile"]
+    if spec.op == "gemm":
+        time_s = float(model.gemm_s(spec.m, spec.n, spec.k, spec.dtype))
+        return Outcome({"time_ms": time_s * 1e3, "tflops": 2.0 * spec.m * spec.n * spec.k / time_s / 1e12},
+                       notes)
+    forward_flops = attention_benchmark_flops(spec)
+    out = {}
+    for direction, backward, flops in (("forward", False, forward_flops),
+                                       ("backward", True, forward_flops * ATTENTION_BACKWARD_FLOPS_PER_FORWARD)):
+        time_s = float(model.attention_s(spec.batch, spec.seq_len, spec.heads, spec.head_dim_qk, spec.head_dim_v,
+                                         spec.causal, spec.dtype, backward))
+        out[f"{direction}_ms"] = time_s * 1e3
+        out[f"{direction}_tflops"] = flops / time_s / 1e12
+    return Outcome(out, notes + ["TFLOPS in FlashAttention's benchmark convention (causal halves the FLOPs)"])
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -218,6 +254,8 @@ def run_case(case: Case, *, steps: int | None = None) -> Outcome:
         return run_collective(case, run.collective)
     if run.deepep is not None:
         return run_deepep(case, run.deepep)
+    if run.kernel is not None:
+        return run_kernel(case, run.kernel)
     if run.energy is not None:
         return run_energy(case, run.energy)
     return run_budget(case, run.budget)
