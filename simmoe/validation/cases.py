@@ -71,6 +71,11 @@ class DeepEPRun(_Facts):
     seed: int = 0
 
 
+# The shape fields each kernel op takes (KernelRun).
+KERNEL_SHAPE_FIELDS = {"gemm": ("m", "n", "k"),
+                       "attention": ("batch", "seq_len", "heads", "head_dim_qk", "head_dim_v")}
+
+
 class KernelRun(_Facts):
     """One kernel of a published microbenchmark on one GPU, timed by the roofline model every engine
     run uses (simmoe.compute.roofline). ``gemm``: an m x n x k GEMM. ``attention``: forward and
@@ -94,13 +99,12 @@ class KernelRun(_Facts):
 
     @model_validator(mode="after")
     def _shape_of_op(self) -> "KernelRun":
-        need = {"gemm": ("m", "n", "k"),
-                "attention": ("batch", "seq_len", "heads", "head_dim_qk", "head_dim_v")}[self.op]
+        need = KERNEL_SHAPE_FIELDS[self.op]
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.op} kernel needs {', '.join(need)} (missing: {', '.join(missing)})")
-        other = [f for fs in (("m", "n", "k"), ("batch", "seq_len", "heads", "head_dim_qk", "head_dim_v"))
-                 for f in fs if f not in need and getattr(self, f) is not None]
+        other = [f for op, fields in KERNEL_SHAPE_FIELDS.items() if op != self.op
+                 for f in fields if getattr(self, f) is not None]
         if other:
             raise ValueError(f"a {self.op} kernel takes {', '.join(need)}, not {', '.join(other)}")
         return self

@@ -25,7 +25,7 @@ SCHEMA = "simmoe.validation.ValidationRow v1"
 @dataclass(frozen=True)
 class ValidationRow:
     case_id: str
-    kind: str  # end_to_end, collective, energy, analytical
+    kind: str  # end_to_end, collective, kernel, energy, analytical
     covers: str  # id in shared/validation/public_cases.yaml; "" for cases added beyond it
     metric: str
     label: str  # what the table shows
