@@ -169,15 +169,19 @@ class Metric(_Facts):
     label: Optional[str] = None  # shown in the table instead of ``name``
 
 
+# What a kernel run produces, per op. GEMM: tflops = 2mnk / time. Attention, FlashAttention's
+# benchmark convention: forward FLOPs 2 x batch x heads x seq_len^2 x (head_dim_qk + head_dim_v),
+# halved when causal; backward 2.5x.
+KERNEL_METRICS = {"gemm": ("time_ms", "tflops"),
+                  "attention": ("forward_ms", "forward_tflops", "backward_ms", "backward_tflops")}
+
 # What each run section produces (simmoe.validation.runners), by metric name.
 METRICS = {
     "scenario": ("tokens_per_s_per_gpu", "gpu_hours_per_trillion_tokens", "model_tflops_per_gpu", "mfu",
                  "step_time_s"),
     "collective": ("busbw_GBps", "algbw_GBps", "time_s", "nic_GBps"),
     "deepep": ("dispatch_GBps", "combine_GBps"),
-    # GEMM: tflops = 2mnk / time. Attention, FlashAttention's benchmark convention: forward FLOPs
-    # 2 x batch x heads x seq_len^2 x (head_dim_qk + head_dim_v), halved when causal; backward 2.5x.
-    "kernel": ("time_ms", "tflops", "forward_ms", "forward_tflops", "backward_ms", "backward_tflops"),
+    "kernel": tuple(m for names in KERNEL_METRICS.values() for m in names),
     "energy": ("energy_mwh", "tco2e"),
     "budget": tuple(f"{side}_{k}" for side in ("article", "corrected") for k in
                     ("dense_gpu_hours", "moe_gpu_hours", "dense_cost_usd", "moe_cost_usd", "dense_over_moe",
@@ -185,9 +189,6 @@ METRICS = {
     + ("simulated_moe_cost_usd", "simulated_moe_gpu_hours", "simulated_moe_days", "simulated_mfu",
        "simulated_goodput"),
 }
-
-KERNEL_METRICS = {"gemm": METRICS["kernel"][:2], "attention": METRICS["kernel"][2:]}
-
 
 class Case(_Facts):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
