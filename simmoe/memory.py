@@ -25,7 +25,7 @@ rank's largest stage-micro-batches, the rest is reported as ``host_activations_b
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from simmoe.errors import InputError
 from simmoe.hardware import gpu_spec
@@ -61,7 +61,7 @@ class MemoryBreakdown:
     a2a_buffers_bytes: float
     reserve_bytes: float
     activation_per_micro_batch_bytes: float  # summed over the rank's virtual stages
-    in_flight_micro_batches: float  # activations_bytes / activation_per_micro_batch_bytes
+    in_flight_micro_batches: float  # saved activations (less the recompute working set) / per micro-batch
     hbm_bytes: float | None
     # Saved activations parked in host RAM (training.activation_offload); not in total_bytes.
     host_activations_bytes: float = 0.0
@@ -185,16 +185,24 @@ class _Act:
 
     def stage(self, v: int) -> float:
         """Saved bytes of virtual stage v for one micro-batch under the recompute policy. Full
-        recompute keeps each block's input plus, while a block's backward runs, that block's whole
-        activations (the largest block of the stage); the LM heads are not recomputed."""
+        recompute keeps only each block's input (the block's own activations are rebuilt during
+        its backward: ``recompute_working_set``); the LM heads are not recomputed."""
         m = self.m
         blocks = stage_blocks(self.s, v)
         heads = sum(1 for b in blocks if b >= m.layers) + int(stage_has_main_head(self.s, v))
         if self.s.training.activation_recompute == "full":
-            saved = len(blocks) * self.block_input() + max((self.block(b) for b in blocks), default=0.0)
+            saved = len(blocks) * self.block_input()
         else:
             saved = sum(self.block(b) for b in blocks)
         return saved + heads * self.head()
+
+    def recompute_working_set(self, stages: Sequence[int]) -> float:
+        """Full recompute: the whole activations of the one block whose backward is running, the
+        largest of the rank's blocks. Held once per rank, not once per micro-batch in flight: a
+        rank runs one backward at a time. 0 under the other policies (counted in ``stage``)."""
+        if self.s.training.activation_recompute != "full":
+            return 0.0
+        return max((self.block(b) for v in stages for b in stage_blocks(self.s, v)), default=0.0)
 
 
 def in_flight(scenario: Any, pp_rank: int) -> dict[int, float]:
@@ -297,17 +305,18 @@ def memory_breakdown(scenario: Any, gpu: str | None = None) -> MemoryBreakdown:
         params, grads, optim = _state_bytes(scenario, dense, experts, biggest)
         counts = in_flight(scenario, r)
         per_mb = {v: act.stage(v) for v in stages}
-        activations = sum(per_mb[v] * counts[v] for v in stages)
+        saved = sum(per_mb[v] * counts[v] for v in stages)
         per_mb_total = sum(per_mb.values())
         host = 0.0
         if scenario.training.activation_offload:
             resident = _offload_resident_bytes(per_mb, counts)
-            activations, host = resident, activations - resident
+            saved, host = resident, saved - resident
+        activations = saved + act.recompute_working_set(stages)
         ranks.append(MemoryBreakdown(
             pp_rank=r, virtual_stages=stages, parameters_bytes=params, gradients_bytes=grads,
             optimizer_bytes=optim, activations_bytes=activations, a2a_buffers_bytes=a2a,
             reserve_bytes=RESERVE_BYTES, activation_per_micro_batch_bytes=per_mb_total,
-            in_flight_micro_batches=activations / per_mb_total if per_mb_total else 0.0, hbm_bytes=hbm,
+            in_flight_micro_batches=saved / per_mb_total if per_mb_total else 0.0, hbm_bytes=hbm,
             host_activations_bytes=host))
     peak = max(ranks, key=lambda b: b.total_bytes)
     return replace(peak, per_pp_rank=tuple(ranks))

@@ -79,6 +79,19 @@ def test_recompute_never_uses_more(model, precision):
     assert acts[0] > acts[1] > acts[2]
 
 
+def test_full_recompute_holds_one_block_per_rank_not_per_micro_batch():
+    # Under full recompute each in-flight micro-batch keeps only its blocks' inputs (2*T*d bytes
+    # each); the whole activations of one block exist once per rank, while its backward runs.
+    s = scenario(par=dict(pp=4, dp=1), activation_recompute="full")
+    none = scenario(par=dict(pp=4, dp=1), activation_recompute="none")
+    T, d, blocks = 32, 64, 2  # seq_len x micro_batch 1, hidden, 8 layers over 4 stages
+    r1, r2 = memory_breakdown(s).per_pp_rank[1:3]  # middle ranks: no head; 3 and 2 in flight
+    assert r1.activations_bytes - r2.activations_bytes == blocks * T * d * 2
+    one_block = memory_breakdown(none, gpu=None).per_pp_rank[2].activations_bytes / (2 * blocks)
+    assert r2.activations_bytes == pytest.approx(2 * blocks * T * d * 2 + one_block)
+    assert r2.in_flight_micro_batches == pytest.approx(2.0)
+
+
 def test_in_flight_micro_batches():
     one_f_one_b = scenario(par=dict(pp=4, dp=1))
     assert [in_flight(one_f_one_b, r) for r in range(4)] == [{0: 4}, {1: 3}, {2: 2}, {3: 1}]
