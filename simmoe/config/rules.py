@@ -273,8 +273,15 @@ def check_routing(s: Scenario) -> list[Problem]:
     if r.node_limited_max_nodes is not None and r.policy != "token_choice":
         out.append(Problem("routing.node_limited_max_nodes", r.node_limited_max_nodes,
                            "node-limited routing restricts a token's choices, so it needs policy token_choice",
-                           "null with expert_choice"))
+                           f"null with {r.policy}"))
     im = r.imbalance
+    if r.policy == "cyclic" and im.model != "uniform":
+        out.append(Problem("routing.imbalance.model", im.model,
+                           "cyclic routing assigns experts by token index, balanced by construction: "
+                           "a popularity model would be ignored", "uniform with policy cyclic"))
+    if r.policy == "cyclic" and im.drift.model != "none":
+        out.append(Problem("routing.imbalance.drift.model", im.drift.model,
+                           "cyclic routing does not change over a run", "none with policy cyclic"))
     needs = {"zipf": "s", "dirichlet": "alpha", "trace": "trace_file"}
     for model, param in needs.items():
         value = getattr(im, param)

@@ -244,7 +244,9 @@ class Imbalance(_Section):
 
 
 class Routing(_Section):
-    policy: Literal["token_choice", "expert_choice"] = "token_choice"
+    # cyclic: token t takes experts (t*k + i) mod E, i < k, the balanced benchmark router of NeMo
+    # Automodel's published table (its fake_balanced_gate; simmoe.routing.cyclic).
+    policy: Literal["token_choice", "expert_choice", "cyclic"] = "token_choice"
     imbalance: Imbalance = Imbalance()
     capacity_factor: PosFloat | None = None  # null: unlimited (no token is dropped)
     execution: Literal["padded", "dropless"] = "dropless"

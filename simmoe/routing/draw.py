@@ -19,7 +19,7 @@ class RoutingDraw:
     follow ``EPGroup.node_ids`` (sorted distinct node ids). Diagonal entries (a rank to itself) and
     same-node columns are included: the engine decides what stays local."""
 
-    routing: str  # "token_choice" | "expert_choice"
+    routing: str  # "token_choice" | "expert_choice" | "cyclic"
     execution: str  # "padded" | "dropped" | "dropless"
     top_k: int
     tokens_per_rank: int

@@ -28,6 +28,7 @@ from simmoe.routing.block import DRAW_BLOCK, BlockDraws, sample_block
 from simmoe.routing.capacity import CAPACITY_SCOPES, apply_capacity, execution_style, expert_capacity
 from simmoe.routing.drift import DriftPolicy
 from simmoe.routing.draw import RoutingDraw, assemble_draw
+from simmoe.routing.cyclic import cyclic_draw
 from simmoe.routing.exact import RawDraw, exact_expert_choice, exact_token_choice
 from simmoe.routing.group import EPGroup
 from simmoe.routing.inclusion import weights_for_inclusion
@@ -40,7 +41,7 @@ from simmoe.routing.popularity import (
 )
 from simmoe.routing.trace import ExpertTrace, load_expert_trace
 
-ROUTING_KINDS = ("token_choice", "expert_choice")
+ROUTING_KINDS = ("token_choice", "expert_choice", "cyclic")
 SAMPLERS = ("aggregated", "exact")
 INCLUSION_METHODS = ("auto", "exact", "threshold")
 # Above this many experts "auto" uses the closed-form threshold approximation (error < ~1% there,
@@ -167,6 +168,7 @@ class RoutingModel:
         self._last_block: tuple[tuple, BlockDraws] | None = None
         self._zeros_ep = _read_only_zeros(group.ep)
         self._zeros_ep_e = _read_only_zeros(group.ep, group.num_experts)
+        self._cyclic: RoutingDraw | None = None  # cyclic routing: one draw serves every micro-batch
 
     def _check_node_limit(self, m: int | None) -> int | None:
         if m is None:
@@ -250,6 +252,13 @@ class RoutingModel:
 
     def draw(self, step: int, layer: int, microbatch: int = 0, replica: int = 0) -> RoutingDraw:
         layer = self._check_layer(layer)
+        if self.routing == "cyclic":
+            if self._cyclic is None:
+                self._cyclic = self._finish_draw(cyclic_draw(self.group))
+                for value in vars(self._cyclic).values():  # shared by every draw: none may alter it
+                    if isinstance(value, np.ndarray):
+                        value.flags.writeable = False
+            return self._cyclic
         if self.draws_in_blocks:
             mb = _check_index("microbatch", microbatch)
             block = self._block(step, layer, mb // DRAW_BLOCK, replica, keep=True)
