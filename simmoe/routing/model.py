@@ -26,9 +26,9 @@ from simmoe.routing.aggregated import (
 )
 from simmoe.routing.block import DRAW_BLOCK, BlockDraws, sample_block
 from simmoe.routing.capacity import CAPACITY_SCOPES, apply_capacity, execution_style, expert_capacity
+from simmoe.routing.cyclic import cyclic_draw
 from simmoe.routing.drift import DriftPolicy
 from simmoe.routing.draw import RoutingDraw, assemble_draw
-from simmoe.routing.cyclic import cyclic_draw
 from simmoe.routing.exact import RawDraw, exact_expert_choice, exact_token_choice
 from simmoe.routing.group import EPGroup
 from simmoe.routing.inclusion import weights_for_inclusion
