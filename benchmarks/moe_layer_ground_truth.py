@@ -100,6 +100,28 @@ def grid(device: str, quick: bool, tokens: int | None, budget_bytes: float) -> l
             for r in routings if k < e]
 
 
+CASE_KEYS = ("hidden", "experts", "top_k", "tokens", "expert_ffn")
+
+
+def parse_case(spec: str) -> Case:
+    """``hidden=2048,experts=16,top_k=8,tokens=16384,expert_ffn=768[,routing=balanced]``: one case
+    of a given shape (e.g. one EP rank's share of a real model's layer) instead of the grid."""
+    fields = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    unknown = set(fields) - set(CASE_KEYS) - {"routing"}
+    missing = set(CASE_KEYS) - set(fields)
+    if unknown or missing or spec.count("=") != len(fields):
+        raise SystemExit(f"--case {spec!r}: give {', '.join(f'{k}=N' for k in CASE_KEYS)} and optionally "
+                         f"routing=balanced|zipf:S" + (f"; unknown {sorted(unknown)}" if unknown else "")
+                         + (f"; missing {sorted(missing)}" if missing else ""))
+    try:
+        ints = {k: int(fields[k]) for k in CASE_KEYS}
+    except ValueError as exc:
+        raise SystemExit(f"--case {spec!r}: {exc}") from None
+    if min(ints.values()) < 1 or ints["top_k"] > ints["experts"]:
+        raise SystemExit(f"--case {spec!r}: every size must be >= 1 and top_k <= experts")
+    return Case(routing=fields.get("routing", "balanced"), **ints)
+
+
 def routing_histogram(experts: int, tokens: int, top_k: int, routing: str) -> np.ndarray:
     """tokens*top_k assignments split by expert_histogram, then capped at ``tokens`` per expert
     (a token picks an expert once); the excess goes to the others in proportion to their load."""
@@ -423,7 +445,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     fused = FusedKernels(torch, compile=bench.cuda) if args.layer == "fused" else None
     rows, kernel_rows = [], []
     try:
-        for case in grid(args.device, args.quick, args.tokens, args.expert_gib * 2**30):
+        cases = [parse_case(c) for c in args.case] if args.case else \
+            grid(args.device, args.quick, args.tokens, args.expert_gib * 2**30)
+        for case in cases:
             torch.manual_seed(args.seed)
             hist = routing_histogram(case.experts, case.tokens, case.top_k, case.routing)
             assign = assignment(hist, case.tokens, case.top_k, np.random.default_rng(args.seed))
@@ -528,6 +552,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu", help="simmoe's GPU name (simmoe/data/hardware.yaml); guessed on CUDA, H100-SXM on CPU")
     ap.add_argument("--profile", help="calibration profile (simmoe calibrate); default: the roofline")
     ap.add_argument("--quick", action="store_true", help="4 cases (hidden 4096, 8/64 experts, top-2)")
+    ap.add_argument("--case", action="append", metavar="SPEC",
+                    help="time this shape instead of the grid (repeatable): hidden=H,experts=E,top_k=K,"
+                    "tokens=T,expert_ffn=F[,routing=balanced|zipf:S]")
     ap.add_argument("--tokens", type=int, help="tokens per layer call (default 8192; CPU 128)")
     ap.add_argument("--score", choices=("softmax", "sigmoid"), default="softmax")
     ap.add_argument("--impl", choices=("auto", "grouped_mm", "loop"), default="auto",

@@ -111,3 +111,23 @@ def test_roofline_attention_parameters_are_the_fit_of_the_measured_files():
     for key, factors in fit["head_dim_factor"].items():
         for direction, value in factors.items():
             assert written[key][direction] == pytest.approx(value, abs=5e-4), (key, direction)
+
+
+BLOCK_CASES = ("qwen3-30b-a3b", "deepseek-v3", "kimi-k2")
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes_say(case):
+    """The Automodel-style block (benchmarks/automodel_block_ground_truth.py, one lent H100): simmoe's
+    GEMMs and attention within 8% of the kernels measured; the whole block still short by 10-25%
+    (memory-bound kernels slower than the contiguous rate, host gaps: docs/validation.md)."""
+    gt = _module("automodel_block_ground_truth")
+    with open(MEASURED / f"h100-automodel-block-{case}.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["blocks"] == "1")
+    pred = gt.predict(case)
+    for cls in ("gemm", "attention"):
+        assert pred[cls] * 1e3 == pytest.approx(float(row[f"kernel_{cls}_ms"]), rel=0.08), cls
+    block_ms = (pred["fwd"] + pred["recompute"] + pred["bwd"]) * 1e3
+    assert block_ms == pytest.approx(float(row["simmoe_block_ms"]), rel=1e-3)  # the committed column
+    assert 0.75 < block_ms / float(row["measured_block_ms"]) < 0.90
+    sys.modules.pop("automodel_block_ground_truth", None)

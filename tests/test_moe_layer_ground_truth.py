@@ -154,3 +154,22 @@ def test_fused_layer_has_the_eager_layers_gradients(gt):
     for a, b in zip(g_f, g_e):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_case_option_gives_one_shape(gt):
+    case = gt.parse_case("hidden=2048,experts=16,top_k=8,tokens=16384,expert_ffn=768")
+    assert (case.hidden, case.experts, case.top_k, case.tokens, case.expert_ffn, case.routing) == \
+        (2048, 16, 8, 16384, 768, "balanced")
+    assert gt.parse_case("hidden=8,experts=4,top_k=4,tokens=16,expert_ffn=8,routing=zipf:1.0").routing == "zipf:1.0"
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("hidden=2048", "missing ['expert_ffn', 'experts', 'tokens', 'top_k']"),
+    ("hidden=8,experts=4,top_k=2,tokens=16,expert_ffn=8,heads=2", "unknown ['heads']"),
+    ("hidden=8,experts=4,top_k=5,tokens=16,expert_ffn=8", "top_k <= experts"),
+    ("hidden=x,experts=4,top_k=2,tokens=16,expert_ffn=8", "invalid literal"),
+])
+def test_case_option_names_what_is_wrong(gt, spec, says):
+    with pytest.raises(SystemExit, match=None) as info:
+        gt.parse_case(spec)
+    assert says in str(info.value) and spec in str(info.value)

@@ -36,6 +36,7 @@ class MhaAttention(_Section):
     type: Literal["mha"]
     heads: PosInt
     head_dim: PosInt | None = None  # null: hidden / heads
+    qk_norm: bool = False  # RMSNorm over each head of Q and K before RoPE (Qwen3, OLMo 2)
 
 
 class GqaAttention(_Section):
@@ -45,6 +46,7 @@ class GqaAttention(_Section):
     heads: PosInt
     kv_heads: PosInt
     head_dim: PosInt | None = None  # null: hidden / heads
+    qk_norm: bool = False  # RMSNorm over each head of Q and K before RoPE (Qwen3, OLMo 2)
 
 
 class MlaAttention(_Section):
@@ -158,6 +160,12 @@ class Training(_Section):
     fp8_expert_activations: bool = False
     optimizer: Optimizer = Optimizer()
     zero_stage: Annotated[int, Field(ge=0, le=3)] = 1  # 1 = Megatron's distributed optimizer
+    # The software stack's memory-bound kernels (docs/workload.md, "Kernel stacks"). fused:
+    # Megatron-Core with Transformer Engine (fused RoPE, weight gradients accumulated inside the
+    # GEMM). eager: PyTorch-native training in plain ops (NeMo Automodel 2025, torchtitan without
+    # compile): RoPE in elementwise ops, MLA's Q and K assembled with torch.cat, gradients
+    # accumulated by autograd, one add per parameter per micro-batch.
+    kernels: Literal["fused", "eager"] = "fused"
 
     @property
     def tokens_per_step(self) -> int:

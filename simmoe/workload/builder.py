@@ -93,6 +93,12 @@ class _Ctx:
         self.Tm = -(-self.T // par.tp)
         self.lin = "fp8" if tr.precision == "fp8" else "bf16"
         self.recompute = tr.activation_recompute
+        self.eager = tr.kernels == "eager"
+        # Eager autograd adds each micro-batch's weight gradient into .grad (the first one is
+        # stored, not added), in the parameters' dtype.
+        micro_batches = scenario.micro_batches_per_step
+        self.grad_accum_fraction = (micro_batches - 1) / micro_batches if micro_batches > 1 else 0.0
+        self.param_grad_bytes = 4 if tr.optimizer.master_weights_dtype == "fp32" else BF16
         self.zero = tr.zero_stage
         self.dp_cp = par.cp * scenario._dp()
         self.edp = par.edp if m.moe is not None else 1
@@ -290,6 +296,75 @@ def _cp_kv_bytes(c: _Ctx) -> float:
     return c.mb * c.seq * (heads // c.tp) * (dqk + dv) * BF16
 
 
+EAGER_ROPE_PASSES = 9  # rotate-half in plain ops, below
+FUSED_ROPE_PASSES = 2  # one kernel: read and write the rotated part once
+
+
+def _rope_passes(c: _Ctx) -> int:
+    """Bytes moved by RoPE per byte of the rotated tensor S. Fused (TE's kernel): read S, write S.
+    Eager (x1, x2 = chunk(x); cat(x1*cos - x2*sin, x2*cos + x1*sin)): four multiplies read and
+    write S/2 each (4S), the subtract and add read S and write S/2 each (3S), cat reads and writes
+    S (2S): 9S. The backward runs the same pattern on the gradient (DeepSeek's complex-number form
+    moves about as much: 10S)."""
+    return EAGER_ROPE_PASSES if c.eager else FUSED_ROPE_PASSES
+
+
+def _gqa_qk_bytes(c: _Ctx) -> float:
+    """Bytes of this rank's Q and K (what RoPE and QK-norm touch) for MHA/GQA."""
+    dh, _ = head_dims(c.m)
+    heads_q = c.m.attention.heads // c.tp
+    heads_kv = -(-kv_heads(c.m) // c.tp)
+    return c.T * (heads_q + heads_kv) * dh * BF16
+
+
+def _mla_sizes(c: _Ctx, mla: Any) -> tuple[float, float, float, float]:
+    """MLA bytes on this rank: (rope part of Q and the shared K rope, full Q, full K, K nope + V)."""
+    heads = c.m.attention.heads // c.tp
+    dqk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    rope = c.T * (heads + 1) * mla.qk_rope_head_dim * BF16
+    full = c.T * heads * dqk * BF16
+    kv = c.T * heads * (mla.qk_nope_head_dim + mla.v_head_dim) * BF16
+    return rope, full, full, kv
+
+
+def _qk_prep_fwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
+    """QK-norm and RoPE between the projections and core attention. MLA: fused, one kernel
+    rotates the rope parts and writes whole Q and K (TE's MLA RoPE); eager, RoPE on the rope
+    parts, then torch.cat assembles Q and K (the shared rope K expanded over the heads)."""
+    if mla is None:
+        qk = _gqa_qk_bytes(c)
+        if getattr(c.m.attention, "qk_norm", False):
+            q.mem(f"{P}.attn.qk_norm", qk * 2, role="norm")
+        q.mem(f"{P}.attn.rope", qk * _rope_passes(c), role="rope")
+        return
+    rope, full_q, full_k, _ = _mla_sizes(c, mla)
+    if c.eager:
+        q.mem(f"{P}.attn.rope", rope * EAGER_ROPE_PASSES, role="rope")
+        q.mem(f"{P}.attn.qk_cat", 2 * (full_q + full_k), role="rope")
+    else:
+        q.mem(f"{P}.attn.rope", 2 * (full_q + full_k), role="rope")
+
+
+def _qk_prep_bwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
+    """Backward of :func:`_qk_prep_fwd`. Eager MLA: split's backward is a cat (dQ, and d of the
+    kv up-projection's output: K nope and V), RoPE's backward, and the sum of the expanded rope
+    K's gradient over the heads."""
+    if mla is None:
+        qk = _gqa_qk_bytes(c)
+        q.mem(f"{P}.attn.rope_bwd", qk * _rope_passes(c))
+        if getattr(c.m.attention, "qk_norm", False):
+            q.mem(f"{P}.attn.qk_norm_bwd", qk * 3)
+        return
+    rope, full_q, full_k, kv = _mla_sizes(c, mla)
+    if c.eager:
+        heads = c.m.attention.heads // c.tp
+        k_rope_expanded = c.T * heads * mla.qk_rope_head_dim * BF16
+        q.mem(f"{P}.attn.qk_cat_bwd", 2 * (full_q + kv) + k_rope_expanded)
+        q.mem(f"{P}.attn.rope_bwd", rope * EAGER_ROPE_PASSES)
+    else:
+        q.mem(f"{P}.attn.rope_bwd", 2 * (full_q + full_k))
+
+
 def _attention_fwd(c: _Ctx, q: _Seq, P: str, start_also: tuple[str | None, ...]) -> None:
     d, T, tp = c.d, c.T, c.tp
     lin = {x.name: x for x in attention_linears(c.m)}
@@ -316,6 +391,7 @@ def _attention_fwd(c: _Ctx, q: _Seq, P: str, start_also: tuple[str | None, ...])
             q.gemm(f"{P}.attn.kv_down", T, mla.kv_lora_rank + rope, d, c.lin, redundancy=tp)
         q.mem(f"{P}.attn.kv_norm", T * mla.kv_lora_rank * BF16 * 2, role="norm")
         q.gemm(f"{P}.attn.kv_up", T, lin["kv_up"].out_features // tp, mla.kv_lora_rank, c.lin, role="mla_up")
+    _qk_prep_fwd(c, q, P, mla)
     if c.cp > 1:
         q.coll(f"{P}.attn.cp_kv", "cp", "all_gather", size_bytes=_cp_kv_bytes(c))
     q.main(AttentionOp, f"{P}.attn.core", "core_attn", layer=_layer(P), **_attention_core_fields(c, False))
@@ -334,6 +410,7 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     if c.cp > 1:
         q.coll(f"{P}.attn.cp_kv_bwd", "cp", "reduce_scatter", size_bytes=_cp_kv_bytes(c))
     mla = _mla(c)
+    _qk_prep_bwd(c, q, P, mla)
     if mla is None:
         _gemm_bwd(q, f"{P}.attn.qkv", T, lin["qkv"].out_features // tp, d, c.lin)
         _tp_out(c, q, f"{P}.attn.ag_bwd", overlap=True)
@@ -581,6 +658,14 @@ def _zero_gathers(c: _Ctx, q: _Seq, base: str, dense: int, experts: int, prev: s
     return prev
 
 
+def _grad_accum(c: _Ctx, q: _Seq, base: str, params: int) -> None:
+    """Eager stacks: autograd adds this micro-batch's weight gradients into the accumulated ones
+    (read both, write one: 3 x the gradient bytes). Fused stacks accumulate inside the weight-
+    gradient GEMM (TE's gradient_accumulation_fusion: the GEMM's output is the FP32 main_grad)."""
+    if c.eager and params and c.grad_accum_fraction:
+        q.mem(f"{base}.grad_accum", 3 * params * c.param_grad_bytes * c.grad_accum_fraction)
+
+
 def _zero_grad_rs(c: _Ctx, q: _Seq, base: str, dense: int, experts: int) -> None:
     """ZeRO-2/3: gradients are partitioned, so each micro-batch's gradients are reduce-scattered
     as soon as a block's backward is done (DeepSpeed), off the critical path."""
@@ -637,6 +722,7 @@ def build_stage_program(scenario: Any, virtual_stage: int) -> StageProgram:
 
     bwd = _Seq("bwd")
     _emit_segments(c, scenario, bwd, list(reversed(segments)), extras, backward=True)
+    _grad_accum(c, bwd, "stage", extras)
     _zero_grad_rs(c, bwd, "stage", extras, 0)
     if virtual_stage > 0:
         bwd.coll("p2p.bwd", "pp", "p2p_send", size_bytes=c.Tsp * c.d * BF16)
@@ -680,6 +766,7 @@ def _emit_segments(c: _Ctx, scenario: Any, q: _Seq, ordered: list[tuple[str, Any
             if backward:
                 _joined(q, waits, lambda: (_append(q, _recompute_ops(c, key)), _block_bwd(c, q, key)))
                 lp = block_local_params(scenario, key)
+                _grad_accum(c, q, f"L{key}", lp.dense + lp.experts)
                 _zero_grad_rs(c, q, f"L{key}", lp.dense, lp.experts)
             else:
                 _joined(q, waits, lambda: _block_fwd(c, q, key))
