@@ -27,8 +27,8 @@ The block, per case (dimensions from the scenario; tokens = micro_batch x seq_le
   token's rows), residual;
 - DeepEP's dispatch and combine are not run (no peers): the received tokens are a copy of the
   local ones (2x for DeepSeek-V3, whose tokens go to two ranks) and combine sums them back, small
-  copies kept in the timing. DeepEP's CPU wait for the receive counts is kept (``--host-sync``,
-  default on): a device-to-host read at each dispatch, in the forward and in the recompute.
+  copies kept in the timing. DeepEP's CPU wait for the receive counts is kept (off with
+  ``--no-host-sync``): a device-to-host read at each dispatch, in the forward and in the recompute.
 - full activation recompute: ``torch.utils.checkpoint`` around the block, as Automodel's
   ``ptd_checkpoint_wrapper``.
 
