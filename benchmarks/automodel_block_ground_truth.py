@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -499,13 +498,14 @@ def union_us(rows: list[dict]) -> float:
 
 
 def write(rows: list[dict], path: str) -> None:
+    """Rows to CSV or Parquet, atomically (simmoe.atomic): a run cut short keeps the last file."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    from simmoe.atomic import atomic_write
     table = pa.Table.from_pylist(rows)
-    tmp = f"{path}.tmp"
-    (pq.write_table if path.endswith(".parquet") else pacsv.write_csv)(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: (pq.write_table if path.endswith(".parquet") else pacsv.write_csv)(table, handle))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -532,8 +532,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     preheat = args.preheat if args.preheat is not None else (2.0 if device.type == "cuda" else 0.0)
     rows, kernels = [], []
+    tiny = args.tiny or device.type == "cpu"
     for case, blocks in [(c, n) for c in args.case or list(CASES) for n in args.blocks or [1]]:
-        shape = shape_of(case, args.tiny or device.type == "cpu")
+        shape = shape_of(case, tiny)
         pred = predict(case)
         torch.manual_seed(0)
         block = Block(torch, shape, device, compile=device.type == "cuda", host_sync=args.host_sync, blocks=blocks,
@@ -542,7 +543,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         block.grad_out = torch.randn_like(x)
         got = time_case(torch, block, x, args.warmup, args.repeats, preheat)
         row = {"case": case, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "host_sync": args.host_sync, "tiny": shape.hidden != predict_hidden(case),
+               "torch": torch.__version__, "host_sync": args.host_sync, "tiny": tiny,
                "tokens": shape.tokens, "received_tokens": block.received_tokens, "expert_rows": block.rows,
                "local_experts": shape.local_experts, "blocks": blocks, "attention_path": block.attention_path,
                **got, "measured_block_ms": got["measured_step_ms"] / blocks,
@@ -569,11 +570,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.kernels and kernels:
             write(kernels, args.kernels)
     return rows
-
-
-def predict_hidden(case: str) -> int:
-    from simmoe.config import load_scenario
-    return load_scenario(SCENARIOS / CASES[case][0]).model.hidden
 
 
 if __name__ == "__main__":
