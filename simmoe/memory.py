@@ -213,11 +213,13 @@ def in_flight(scenario: Any, pp_rank: int) -> dict[int, float]:
     order (groups of pp micro-batches per chunk). DualPipe: rank r runs stage r for the
     micro-batches fed from rank 0 (position r on their path: pp - r in flight, as 1F1B) and stage
     pp-1-r for those fed from rank pp-1 (position pp-1-r: r + 1 in flight); pp + 1 in all, the
-    DeepSeek-V3 report's figure (Table 2). Capped by the micro-batches per step (per direction for
-    DualPipe, which feeds half from each end).
+    DeepSeek-V3 report's figure (Table 2). Capped by the micro-batches of one run of the schedule
+    (per direction for DualPipe, which feeds half from each end).
     """
     par = scenario.parallelism
     pp, vpp, m = par.pp, par.vpp, scenario.micro_batches_per_step
+    if par.schedule_micro_batches is not None:  # one run of the schedule at a time
+        m = min(m, par.schedule_micro_batches)
     stages = rank_virtual_stages(scenario, pp_rank)
     if par.schedule == "dualpipe":
         half = -(-m // 2)

@@ -266,6 +266,23 @@ def test_global_batch_must_divide(tmp_path, topo):
     expect(path, "training.global_batch=40", "micro_batch*dp = 2*16 = 32", "a multiple of 32")
 
 
+def test_schedule_runs_must_divide_the_step(tmp_path, topo):
+    # dp=16, micro_batch 2: global_batch 128 gives 4 micro-batches per step; runs of 3 do not fit.
+    path = write(tmp_path, "s.yaml", variant(training__global_batch=128,
+                                             parallelism={"schedule_micro_batches": 3}))
+    expect(path, "parallelism.schedule_micro_batches=3", "does not divide the 4 micro-batches per step",
+           "a divisor of 4, or null")
+
+
+def test_dualpipe_runs_need_enough_micro_batches(tmp_path, topo):
+    # pp=2 leaves dp=8: global_batch 128 gives 8 micro-batches; runs of 2 are fewer than 2*pp = 4.
+    path = write(tmp_path, "s.yaml", variant(parallelism={"pp": 2, "schedule": "dualpipe",
+                                                          "schedule_micro_batches": 2},
+                                             training__global_batch=128))
+    expect(path, "parallelism.schedule_micro_batches=2", "too few micro-batches for one run of DualPipe",
+           "an even divisor of 8 that is at least 4, or null")
+
+
 def test_top_k_above_experts(tmp_path, topo):
     path = write(tmp_path, "s.yaml", variant(model__moe__top_k=9, parallelism={"ep": 1}))
     expect(path, "model.moe.top_k=9", "exceeds model.moe.routed_experts=8", "1..8")

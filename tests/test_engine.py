@@ -65,6 +65,24 @@ def test_constant_op_times_match_the_schedule_oracle(schedule, pp, vpp, gb):
         assert got == pytest.approx((sim.m + pp - 1) * (t_f + t_b))
 
 
+@pytest.mark.parametrize("schedule,pp,vpp,gb,per_run", [("1f1b", 2, 1, 128, 2), ("interleaved", 2, 2, 128, 2),
+                                                        ("dualpipe", 2, 1, 256, 4)])
+def test_schedule_runs_match_the_oracle(schedule, pp, vpp, gb, per_run):
+    # Gradient accumulation as torch.distributed.pipelining runs it: one filled and drained schedule
+    # per local batch of ``per_run`` micro-batches. The runs follow each other without overlap.
+    sc = load_default_scenario(["parallelism.ep=4", f"parallelism.pp={pp}", f"parallelism.vpp={vpp}",
+                                f"parallelism.schedule={schedule}", f"training.global_batch={gb}",
+                                f"parallelism.schedule_micro_batches={per_run}"])
+    t_f, t_b = 1.0, 2.0
+    sim = Simulation(sc, programs=ConstantPrograms(t_f / vpp, t_b / vpp), compute=ConstantCompute())
+    assert sim.m % per_run == 0 and sim.m > per_run
+    got = sim.run_step(0).step_time_s
+    one_run = makespan(build_schedule(schedule, pp, per_run, vpp), t_f / vpp, t_b / vpp)
+    assert got == pytest.approx(sim.m // per_run * one_run, rel=1e-12)
+    if schedule == "1f1b":  # R (m_run + p - 1)(t_f + t_b), by hand
+        assert got == pytest.approx(sim.m // per_run * (per_run + pp - 1) * (t_f + t_b))
+
+
 class GemmCompute(ConstantCompute):
     """gemm_s(m, n, k) = m seconds: a backward GEMM op (m x k) @ (k x n) then takes m seconds of
     input gradient ((m x n) @ (n x k)) and k of weight gradient ((k x m) @ (m x n))."""

@@ -12,6 +12,7 @@ from simmoe.engine.schedules import (
     dualpipe,
     interleaved_1f1b,
     makespan,
+    micro_batch_constraint,
     one_f_one_b,
     slots,
     virtual_stage,
@@ -163,3 +164,48 @@ def test_unknown_schedule_is_an_input_error():
     with pytest.raises(InputError, match="schedule"):
         build_schedule("gpipe", 2, 2)
     assert Item(0, 0, "fwd") == Item(0, 0, "fwd")
+
+
+# ------------------------------------------------------------------ runs of the schedule
+
+
+def test_one_run_per_local_batch_by_hand():
+    # 1F1B, p = 2, one micro-batch per run, two runs, t_f = t_b = 1: rank 0 F0 [0,1], rank 1 F0
+    # [1,2] B0 [2,3], rank 0 B0 [3,4]; the second run starts on rank 0 at 4 and ends at 8. One run
+    # of both micro-batches: (m + p - 1)(t_f + t_b) = 6.
+    two_runs = build_schedule("1f1b", 2, 2, per_run=1)
+    assert [[repr(it) for it in items] for items in two_runs] == [["F0", "B0", "F1", "B1"]] * 2
+    assert makespan(two_runs, 1.0, 1.0) == 8.0
+    assert makespan(build_schedule("1f1b", 2, 2), 1.0, 1.0) == 6.0
+    assert build_schedule("1f1b", 2, 2, per_run=2) == build_schedule("1f1b", 2, 2)  # one run
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=st.integers(1, 5), per_run=st.integers(1, 6), runs=st.integers(1, 4), v=st.integers(1, 3),
+       name=st.sampled_from(["1f1b", "interleaved", "dualpipe"]))
+def test_runs_do_not_overlap_and_each_costs_one_run(p, per_run, runs, v, name):
+    # Every schedule here ends a run with rank 0's last backward and starts the next with rank 0's
+    # first forward, so runs follow each other without overlap: R runs take R times one run.
+    if name != "interleaved":
+        v = 1
+    if name == "interleaved":
+        per_run = p * per_run
+    if name == "dualpipe":
+        p = 2 * (p // 2 + 1)
+        per_run = 2 * (per_run + p)  # even, at least 2p
+    m = per_run * runs
+    sched = build_schedule(name, p, m, v, per_run=per_run)
+    for r, items in enumerate(sched):
+        keys = [(it.mb, virtual_stage(it, p, r), it.phase) for it in items]
+        assert len(set(keys)) == len(keys)
+        assert [it.mb // per_run for it in items] == sorted(it.mb // per_run for it in items)
+    one = makespan(build_schedule(name, p, per_run, v), 1.0, 2.0, 0.5)
+    assert makespan(sched, 1.0, 2.0, 0.5) == pytest.approx(runs * one, rel=1e-12)
+
+
+def test_runs_must_divide_the_step():
+    with pytest.raises(InputError, match="schedule_micro_batches"):
+        build_schedule("1f1b", 2, 6, per_run=4)
+    assert micro_batch_constraint("interleaved", 4, 8) == (8, 8)
+    assert micro_batch_constraint("dualpipe", 4, 12) == (12, 12)
+    assert micro_batch_constraint("dualpipe", 4) == (8, 2)

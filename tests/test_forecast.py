@@ -300,7 +300,7 @@ class DefaultLike:
         seq_len, global_batch, micro_batch, total_tokens, batch_ramp = 1000, 8, 1, 100_000.0, None
 
     class _P:
-        dp, pp, schedule = 2, 1, "1f1b"
+        dp, pp, schedule, schedule_micro_batches = 2, 1, "1f1b", None
 
     class _S:
         seed, steps = 7, 3

@@ -105,6 +105,8 @@ def test_in_flight_micro_batches():
     assert all(sum(in_flight(dual, r).values()) == 4 + 1 for r in range(4))
     few = scenario(par=dict(pp=4, dp=1), global_batch=2)  # 2 micro-batches per step
     assert in_flight(few, 0) == {0: 2}
+    runs = scenario(par=dict(pp=4, dp=1, schedule_micro_batches=2))  # runs of 2: at most 2 in flight
+    assert [in_flight(runs, r) for r in range(4)] == [{0: 2}, {1: 2}, {2: 2}, {3: 1}]
 
 
 def test_dualpipe_holds_two_copies_of_the_weights():

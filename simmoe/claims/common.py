@@ -153,8 +153,8 @@ def m_points_for(scenario, points: Sequence[int] | None):  # noqa: ANN001
     if not points:
         return None
     p_ = scenario.parallelism
-    minimum, multiple = micro_batch_constraint(p_.schedule, p_.pp)
-    step = p_.pp if p_.schedule == "interleaved" else multiple
+    minimum, multiple = micro_batch_constraint(p_.schedule, p_.pp, p_.schedule_micro_batches)
+    step = math.lcm(p_.pp, multiple) if p_.schedule == "interleaved" else multiple
     ma, mb = (int(math.ceil(max(p, minimum) / step) * step) for p in sorted(points)[:2])
     return ma, max(mb, ma + step)
 

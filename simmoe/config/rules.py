@@ -203,11 +203,22 @@ def check_parallelism(s: Scenario) -> list[Problem]:
         out.append(Problem("training.global_batch", t.global_batch,
                            f"is not divisible by micro_batch*dp = {t.micro_batch}*{dp} = {per_step}",
                            f"a multiple of {per_step}"))
+    elif p.schedule_micro_batches is not None and (t.global_batch // per_step) % p.schedule_micro_batches:
+        micro = t.global_batch // per_step
+        out.append(Problem("parallelism.schedule_micro_batches", p.schedule_micro_batches,
+                           f"does not divide the {micro} micro-batches per step "
+                           f"(global_batch / (micro_batch * dp))", f"a divisor of {micro}, or null"))
     elif p.schedule == "dualpipe":
         # Half the micro-batches enter from each end, and the steady phase pairs a forward of one
         # direction with a backward of the other (simmoe.engine.schedules.dualpipe).
         micro = t.global_batch // per_step
-        if micro % 2 or micro < 2 * p.pp:
+        run = p.schedule_micro_batches
+        if run is not None and run < micro and (run % 2 or run < 2 * p.pp):
+            out.append(Problem("parallelism.schedule_micro_batches", run,
+                               "is too few micro-batches for one run of DualPipe (an even number, "
+                               f"at least 2*pp = {2 * p.pp})",
+                               f"an even divisor of {micro} that is at least {2 * p.pp}, or null"))
+        elif micro % 2 or micro < 2 * p.pp:
             out.append(Problem("training.global_batch", t.global_batch,
                                f"gives {micro} micro-batches per step; DualPipe needs an even number, "
                                f"at least 2*pp = {2 * p.pp}",

@@ -197,6 +197,12 @@ class Parallelism(_Section):
     # runs every kernel on the GPU's SMs minus these (docs/compute.md). 0: communication on copy
     # engines / no SM reservation modelled (NCCL-style default).
     comm_sms: NonNegInt = 0
+    # Micro-batches per run of the pipeline schedule. null: the whole step is one run (Megatron
+    # runs every micro-batch of the global batch in one schedule). A number: the step's
+    # micro-batches run as global / (micro_batch * dp * this) schedules back to back, each filled
+    # and drained on its own: torch.distributed.pipelining under gradient accumulation (NeMo
+    # Automodel, torchtitan: one schedule step() per local batch). docs/engine.md.
+    schedule_micro_batches: PosInt | None = None
 
     @property
     def model_parallel_size(self) -> int:

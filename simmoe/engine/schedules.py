@@ -30,7 +30,8 @@ its backward) on each stage, and every rank runs each (micro-batch, stage, phase
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from simmoe.errors import InputError
@@ -123,11 +124,16 @@ def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
     return out
 
 
-def micro_batch_constraint(schedule: str, pp: int) -> tuple[int, int]:
-    """(minimum, multiple) of the micro-batch counts ``schedule`` can run on ``pp`` stages."""
+def micro_batch_constraint(schedule: str, pp: int, per_run: int | None = None) -> tuple[int, int]:
+    """(minimum, multiple) of the micro-batch counts ``schedule`` can run on ``pp`` stages, in runs
+    of ``per_run`` micro-batches when given (parallelism.schedule_micro_batches)."""
     if schedule == "dualpipe":
-        return 2 * pp, 2  # half enter from each end; pairing needs both directions in flight
-    return 1, 1
+        minimum, multiple = 2 * pp, 2  # half enter from each end; pairing needs both directions
+    else:
+        minimum, multiple = 1, 1
+    if per_run is not None:
+        minimum, multiple = max(minimum, per_run), math.lcm(multiple, per_run)
+    return minimum, multiple
 
 
 def dualpipe(p: int, m: int) -> list[list[Item]]:
@@ -224,8 +230,23 @@ def dualpipe(p: int, m: int) -> list[list[Item]]:
     return out
 
 
-def build_schedule(name: str, p: int, m: int, v: int = 1) -> list[list[Item]]:
-    """The schedule named by ``parallelism.schedule``."""
+def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = None) -> list[list[Item]]:
+    """The schedule named by ``parallelism.schedule``. ``per_run``
+    (``parallelism.schedule_micro_batches``): the step's ``m`` micro-batches run as ``m / per_run``
+    schedules of ``per_run`` micro-batches back to back, each with its own fill and drain (run j
+    holds micro-batches j*per_run ..); None or >= m: one run."""
+    if per_run is None or per_run >= m:
+        return _one_run(name, p, m, v)
+    if not isinstance(per_run, int) or per_run < 1 or m % per_run:
+        raise InputError(f"the micro-batches per step ({m}) are not a whole number of schedule runs",
+                         field="parallelism.schedule_micro_batches", value=per_run,
+                         allowed=f"a divisor of {m} (global_batch / (micro_batch * dp)), or null")
+    run = _one_run(name, p, per_run, v)
+    return [[replace(it, mb=it.mb + j * per_run) for j in range(m // per_run) for it in items]
+            for items in run]
+
+
+def _one_run(name: str, p: int, m: int, v: int) -> list[list[Item]]:
     if name == "1f1b":
         if v != 1:
             raise InputError("1f1b runs one model chunk per rank", field="parallelism.vpp", value=v,

@@ -214,7 +214,8 @@ def forecast(scenario, *, tokens: float | None = None, samples: int = DEFAULT_SA
         def source_factory(s: int) -> StepSource:
             return EngineSteps(scenario, seed=s, compute=shared["compute"])
     seeds = [base_seed + k for k in range(samples)]
-    min_mb, mb_multiple = micro_batch_constraint(scenario.parallelism.schedule, scenario.parallelism.pp)
+    min_mb, mb_multiple = micro_batch_constraint(scenario.parallelism.schedule, scenario.parallelism.pp,
+                                                 scenario.parallelism.schedule_micro_batches)
     times = []
     for k, s in enumerate(seeds):
         src = source_factory(s)
