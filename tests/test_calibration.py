@@ -254,6 +254,14 @@ def test_doubling_gemm_times_doubles_gemm_and_grouped_gemm(base, roof_model, tmp
     assert slow.memory_bound_s(1e8) == pytest.approx(roof_model.memory_bound_s(1e8), rel=1e-12)
 
 
+def test_a_profile_times_a_last_dimension_cat_as_its_copy_times_the_roofline_slowdown(roof_model):
+    # Profiles do not time torch.cat: the measured streaming time, times the roofline's ratio.
+    ratio = roof_model.roofline.params.last_dim_cat_slowdown
+    for size in (1e6, 1e8, 1e10):
+        assert roof_model.memory_bound_s(size, 1, "last_dim_cat") == pytest.approx(
+            ratio * roof_model.memory_bound_s(size, 1), rel=1e-12)
+
+
 # -- interpolation accuracy against known functions --------------------------------------------------
 
 HELD_OUT = ({"m": (256, 2048)}, {"k": (2048,)})  # grid values removed from the profile, one axis at a time

@@ -278,6 +278,18 @@ def test_memory_bound_time_is_bytes_over_achievable_hbm_bandwidth():
     assert H100.memory_bound_s(np.array([0, 1e6, 1e9]), kernels=0).shape == (3,)
 
 
+def test_a_last_dimension_cat_is_the_measured_slowdown_of_a_copy():
+    # roofline.yaml: 3.0 TB/s streaming over the 0.90 TB/s median of the measured cat kernels.
+    slow = H100.params.last_dim_cat_slowdown
+    assert slow == pytest.approx(3.0 / 0.90, rel=0.01)
+    assert H100.memory_bound_s(1e9, 0, "last_dim_cat") == pytest.approx(slow * 1e9 / 3.0e12, rel=1e-12)
+    assert H100.memory_bound_s(1e9, 1, "last_dim_cat") == pytest.approx(slow * 1e9 / 3.0e12 + OVERHEAD_S)
+    assert H100.with_sms_held(16).memory_bound_s(1e9, 1, "last_dim_cat") == \
+        H100.memory_bound_s(1e9, 1, "last_dim_cat")
+    with pytest.raises(InputError, match="last_dim_cat"):
+        H100.memory_bound_s(1e9, 1, "strided")
+
+
 # -- interface, provenance, errors ----------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ class ConstantCompute:
 
     identifier = "constant"
 
-    def memory_bound_s(self, bytes_moved, kernels=1):
+    def memory_bound_s(self, bytes_moved, kernels=1, access="stream"):
         return float(bytes_moved)
 
 

@@ -119,8 +119,9 @@ BLOCK_CASES = ("qwen3-30b-a3b", "deepseek-v3", "kimi-k2")
 @pytest.mark.parametrize("case", BLOCK_CASES)
 def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes_say(case):
     """The Automodel-style block (benchmarks/automodel_block_ground_truth.py, one lent H100): simmoe's
-    GEMMs and attention within 8% of the kernels measured; the whole block still short by 10-25%
-    (memory-bound kernels slower than the contiguous rate, host gaps: docs/validation.md)."""
+    GEMMs and attention within 8% of the kernels measured; the whole block still short by 5-22%
+    (memory-bound kernels the model lacks, GPU idle time: docs/validation.md), and closer to the
+    measurement than the prediction committed beside it (before the cat kernel class)."""
     gt = _module("automodel_block_ground_truth")
     with open(MEASURED / f"h100-automodel-block-{case}.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["blocks"] == "1")
@@ -128,6 +129,36 @@ def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes
     for cls in ("gemm", "attention"):
         assert pred[cls] * 1e3 == pytest.approx(float(row[f"kernel_{cls}_ms"]), rel=0.08), cls
     block_ms = (pred["fwd"] + pred["recompute"] + pred["bwd"]) * 1e3
-    assert block_ms == pytest.approx(float(row["simmoe_block_ms"]), rel=1e-3)  # the committed column
-    assert 0.75 < block_ms / float(row["measured_block_ms"]) < 0.90
+    measured = float(row["measured_block_ms"])
+    assert abs(block_ms - measured) < abs(float(row["simmoe_block_ms"]) - measured)
+    assert 0.78 < block_ms / measured < 0.95
     sys.modules.pop("automodel_block_ground_truth", None)
+
+
+# The last-dimension cats of the block traces: (case, kernel position in the 1-block trace, bytes
+# read + written). T = 4096 tokens; MLA (DeepSeek-V3: 128 heads, Kimi K2: 64): Q = cat(nope 128,
+# rope 64) and K likewise, forward and recompute, then the backward's dQ (192) and d(K nope, V)
+# (128 + 128) cats; Qwen3 (32 Q heads, 4 KV heads, head dim 128): RoPE's rotate-half cat of Q and
+# K, forward, recompute and backward. The other cat kernels of the traces are the harness's
+# stand-ins for DeepEP (row-wise copies of whole tokens), not modelled ops.
+T = 4096
+_MLA = lambda heads, d: 2 * T * heads * d * 2  # noqa: E731 (read + write, BF16)
+LAST_DIM_CATS = (
+    [("deepseek-v3", i, _MLA(128, 192)) for i in (15, 16, 71, 72, 187)] + [("deepseek-v3", 201, _MLA(128, 256))]
+    + [("kimi-k2", i, _MLA(64, 192)) for i in (15, 16, 105, 106, 307)] + [("kimi-k2", 320, _MLA(64, 256))]
+    + [("qwen3-30b-a3b", i, _MLA(32, 128)) for i in (13, 111, 310)]
+    + [("qwen3-30b-a3b", i, _MLA(4, 128)) for i in (20, 118, 302)])
+
+
+def test_last_dimension_cat_slowdown_is_the_median_of_the_traced_cat_kernels():
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = RooflineModel("H100-SXM", clocks="burst")
+    ratios = []
+    for case, index, nbytes in LAST_DIM_CATS:
+        table = pq.read_table(MEASURED / f"h100-automodel-block-kernels-{case}.parquet").to_pylist()
+        trace = sorted((r for r in table if r["blocks"] == 1), key=lambda r: r["start_us"])
+        kernel = trace[index]
+        assert "CatArrayBatchedCopy" in kernel["kernel"], (case, index)
+        ratios.append(kernel["duration_us"] * 1e-6 / model.memory_bound_s(nbytes, 0, "last_dim_cat"))
+    assert statistics.median(ratios) == pytest.approx(1.0, abs=0.02)
+    assert 0.7 < min(ratios) and max(ratios) < 1.35  # 0.68-1.24 TB/s against 0.90

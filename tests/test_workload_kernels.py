@@ -34,8 +34,13 @@ def test_fused_gqa_rope_reads_and_writes_q_and_k_once_each_way():
 def test_eager_gqa_rope_is_nine_passes_and_qk_norm_is_a_norm():
     model = {**MOE, "attention": {**MOE["attention"], "qk_norm": True}}
     fwd, bwd = ops_of(scenario(model, kernels="eager"))
-    assert fwd["L0.attn.rope"].bytes_moved == 9 * GQA_QK_BYTES
-    assert bwd["L0.attn.rope_bwd"].bytes_moved == 9 * GQA_QK_BYTES
+    # Seven elementwise passes, then the rotate-half's cat (2 passes) as a last-dimension cat.
+    assert fwd["L0.attn.rope"].bytes_moved == 7 * GQA_QK_BYTES
+    assert fwd["L0.attn.rope_cat"].bytes_moved == 2 * GQA_QK_BYTES
+    assert bwd["L0.attn.rope_bwd"].bytes_moved == 7 * GQA_QK_BYTES
+    assert bwd["L0.attn.rope_bwd_cat"].bytes_moved == 2 * GQA_QK_BYTES
+    assert [fwd["L0.attn.rope"].access, fwd["L0.attn.rope_cat"].access, bwd["L0.attn.rope_bwd_cat"].access] \
+        == ["stream", "last_dim_cat", "last_dim_cat"]
     assert fwd["L0.attn.qk_norm"].bytes_moved == 2 * GQA_QK_BYTES  # read, write
     assert bwd["L0.attn.qk_norm_bwd"].bytes_moved == 3 * GQA_QK_BYTES  # read x and dy, write dx
     names = list(fwd)
@@ -53,6 +58,8 @@ def test_mla_eager_ropes_the_rope_parts_then_concatenates():
     assert fwd["L0.attn.rope"].bytes_moved == 9 * MLA_ROPE
     assert fwd["L0.attn.qk_cat"].bytes_moved == 2 * (MLA_Q + MLA_Q)
     assert bwd["L0.attn.qk_cat_bwd"].bytes_moved == 2 * (MLA_Q + MLA_KV) + MLA_K_ROPE_HEADS
+    assert fwd["L0.attn.qk_cat"].access == bwd["L0.attn.qk_cat_bwd"].access == "last_dim_cat"
+    assert fwd["L0.attn.rope"].access == "stream"  # DeepSeek's complex form has no cat
     assert bwd["L0.attn.rope_bwd"].bytes_moved == 9 * MLA_ROPE
 
 

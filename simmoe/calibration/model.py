@@ -22,6 +22,7 @@ from simmoe.calibration.grid import expert_histogram
 from simmoe.calibration.interp import FittedTable, fit_table
 from simmoe.calibration.schema import MEMORY_OPS, REQUIRED_OPS, STREAMING_MEMORY_OPS, Profile, read_profile
 from simmoe.compute.model import ComputeModel
+from simmoe.compute.params import access_slowdown
 from simmoe.compute.roofline import CLOCKS, RooflineModel
 from simmoe.errors import InputError, ProfileError
 
@@ -289,13 +290,17 @@ class ProfileModel:
         self.extrapolated["memory_bound"] += int(np.size(covered) - np.count_nonzero(covered))
         return _as_output(np.asarray(roof) * ratio)
 
-    def memory_bound_s(self, bytes_moved, kernels=1):
+    def memory_bound_s(self, bytes_moved, kernels=1, access: str = "stream"):
         """Geometric mean of the measured streaming ops' ratios (copy, norms) at the bytes one kernel
         moves (those ops whose measured range covers it): the engine does not say which streaming
         kernel it is (norm, activation, optimizer). Gathers and scatter-adds are left out: their
-        speed is set by L2 reuse and atomics (schema.STREAMING_MEMORY_OPS; copy is required)."""
+        speed is set by L2 reuse and atomics (schema.STREAMING_MEMORY_OPS; copy is required).
+        ``access="last_dim_cat"``: the streaming time times the roofline's measured cat slowdown
+        (profiles do not time torch.cat)."""
         streaming = {op: t for op, t in self._memory.items() if op in STREAMING_MEMORY_OPS}
-        return self._memory_s(streaming, bytes_moved, kernels)
+        seconds = self._memory_s(streaming, bytes_moved, kernels)
+        slow = access_slowdown(self.roofline.params, access)
+        return seconds if slow == 1.0 else _as_output(np.asarray(seconds) * slow)
 
     def tables(self) -> dict:
         """Per table: basis, method, cross-validation error, axes (what describe() summarises)."""

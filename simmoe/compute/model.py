@@ -34,9 +34,11 @@ class ComputeModel(Protocol):
                     backward: bool):
         """FlashAttention-style core attention (no projections), queries = keys = ``seq_len``."""
 
-    def memory_bound_s(self, bytes_moved, kernels=1):
+    def memory_bound_s(self, bytes_moved, kernels=1, access: str = "stream"):
         """Streaming kernels (norms, permute/unpermute, optimizer): ``bytes_moved`` = bytes read +
-        bytes written in HBM, spread over ``kernels`` launches (0 when fused into a neighbour)."""
+        bytes written in HBM, spread over ``kernels`` launches (0 when fused into a neighbour).
+        ``access`` (simmoe.compute.params.MEMORY_ACCESS): "stream", or "last_dim_cat" for a
+        torch.cat along the last dimension (element-wise index arithmetic, slower per byte)."""
 
     def describe(self) -> dict:
         """Provenance: ``kind`` ("roofline" | "profile"), ``device``, ``source``, ``identifier``."""

@@ -44,6 +44,7 @@ class RooflineParams:
     kernel_overhead_s: float
     hbm_anchor_gpu: str
     hbm_measured_TBps: float
+    last_dim_cat_slowdown: float  # a last-dimension torch.cat against a streaming copy (hbm)
     tile_shapes: tuple[tuple[int, int], ...]
     tile_k: dict[str, int]
     tile_fixed_k: dict[str, float]  # per-tile fixed cost (prologue, epilogue), in main-loop K elements
@@ -94,6 +95,27 @@ def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_
         allowed = "a positive integer" if integer else ("a number >= 0" if allow_zero else "a positive number")
         raise InputError("bad value", file=file, field=path, value=value, allowed=allowed, has_value=True)
     return value
+
+
+MEMORY_ACCESS = ("stream", "last_dim_cat")  # kernel classes of memory-bound ops (workload.ops.MemoryOp)
+
+
+def access_slowdown(params: RooflineParams, access: str) -> float:
+    """Time of a memory-bound kernel of class ``access`` over a streaming copy of the same bytes."""
+    if access == "stream":
+        return 1.0
+    if access == "last_dim_cat":
+        return params.last_dim_cat_slowdown
+    raise InputError("unknown memory access class", field="access", value=access,
+                     allowed=", ".join(MEMORY_ACCESS))
+
+
+def _at_least_one(tree: dict, path: str, file: str) -> float:
+    value = _positive(tree, path, file)
+    if value < 1:
+        raise InputError("bad value", file=file, field=path, value=value,
+                         allowed="a ratio >= 1 (1: as fast as a streaming copy)", has_value=True)
+    return float(value)
 
 
 def _head_dim_factors(tree: dict, file: str) -> dict[tuple[int, int], dict[str, float]]:
@@ -226,6 +248,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         kernel_overhead_s=float(_positive(tree, "kernel_overhead_s.value", file, allow_zero=True)),
         hbm_anchor_gpu=str(_get(tree, "hbm.anchor_gpu", file)),
         hbm_measured_TBps=float(_positive(tree, "hbm.measured_TBps", file)),
+        last_dim_cat_slowdown=_at_least_one(tree, "hbm.last_dim_cat_slowdown.value", file),
         tile_shapes=tuple((int(r), int(c)) for r, c in shapes),
         tile_k={dtype: _positive(tree, f"gemm.tile_k.{dtype}", file, integer=True) for dtype in DTYPES},
         tile_fixed_k=_tile_fixed_k(tree, file),

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from simmoe.compute.params import DEFAULT_ROOFLINE_FILE, DTYPES, RooflineParams, load_roofline_params
+from simmoe.compute.params import (
+    DEFAULT_ROOFLINE_FILE,
+    DTYPES,
+    RooflineParams,
+    access_slowdown,
+    load_roofline_params,
+)
 from simmoe.compute.sm_share import check_sms_held
 from simmoe.errors import InputError
 from simmoe.hardware import GpuSpec, gpu_spec
@@ -364,21 +370,22 @@ class RooflineModel:
             out[index] = self.attention_parts(*(a[index].item() for a in args), causal, dtype, backward)["total_s"]
         return out
 
-    def memory_bound_s(self, bytes_moved, kernels=1):
+    def memory_bound_s(self, bytes_moved, kernels=1, access: str = "stream"):
         if type(bytes_moved) in _SCALARS and type(kernels) in _SCALARS:
             # The engine asks for the same few byte counts thousands of times: memoise scalar
             # calls (a NaN key never matches, so invalid values still reach the checks).
-            key = ("memory", float(bytes_moved), float(kernels))
+            key = ("memory", float(bytes_moved), float(kernels), access)
             got = self._scalar_cache.get(key)
             if got is None:
-                got = self._scalar_cache[key] = self._memory_bound_s(bytes_moved, kernels)
+                got = self._scalar_cache[key] = self._memory_bound_s(bytes_moved, kernels, access)
             return got
-        return self._memory_bound_s(bytes_moved, kernels)
+        return self._memory_bound_s(bytes_moved, kernels, access)
 
-    def _memory_bound_s(self, bytes_moved, kernels):
+    def _memory_bound_s(self, bytes_moved, kernels, access="stream"):
         bytes_moved = _nonnegative(bytes_moved, "bytes_moved")
         kernels = _nonnegative(kernels, "kernels")
-        return _as_output(kernels * self.params.kernel_overhead_s + bytes_moved / self.hbm_bytes_per_s)
+        return _as_output(kernels * self.params.kernel_overhead_s
+                          + bytes_moved / self.hbm_bytes_per_s * access_slowdown(self.params, access))
 
     def describe(self) -> dict:
         return {

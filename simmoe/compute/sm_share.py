@@ -47,8 +47,8 @@ class FewerSms:
         return self.base.attention_s(batch, seq_len, heads, head_dim_qk, head_dim_v, causal, dtype,
                                      backward) * self.slowdown
 
-    def memory_bound_s(self, bytes_moved, kernels=1):
-        return self.base.memory_bound_s(bytes_moved, kernels)
+    def memory_bound_s(self, bytes_moved, kernels=1, access: str = "stream"):
+        return self.base.memory_bound_s(bytes_moved, kernels, access)
 
     def with_sms_held(self, extra: int):
         return FewerSms(self.base, self.sms_total, self.held + int(extra))

@@ -447,7 +447,7 @@ class Simulation:
             return float(c.attention_s(op.batch, op.seq_len, op.heads, op.head_dim_qk, op.head_dim_v,
                                        op.causal, self._dtype(op), bwd))
         if isinstance(op, MemoryOp):
-            return float(c.memory_bound_s(op.bytes_moved)) if op.bytes_moved > 0 else 0.0
+            return float(c.memory_bound_s(op.bytes_moved, 1, op.access)) if op.bytes_moved > 0 else 0.0
         if isinstance(op, ExpertGemmOp) and op.shared:
             tr, par = self.scenario.training, self.scenario.parallelism
             m = -(-tr.micro_batch * tr.seq_len // (par.tp * par.cp))

@@ -191,8 +191,8 @@ class _Seq:
         return self.main(GemmOp, base, role, also, **fields)
 
     def mem(self, base: str, bytes_moved: float, *, role: str = "", also: tuple[str | None, ...] = (),
-            side_after: tuple[str | None, ...] | None = None) -> str:
-        fields = dict(layer=_layer(base), bytes_moved=float(bytes_moved))
+            side_after: tuple[str | None, ...] | None = None, access: str = "stream") -> str:
+        fields = dict(layer=_layer(base), bytes_moved=float(bytes_moved), access=access)
         if side_after is not None:
             return self.side(MemoryOp, base, side_after, role, **fields)
         return self.main(MemoryOp, base, role, also, **fields)
@@ -297,6 +297,7 @@ def _cp_kv_bytes(c: _Ctx) -> float:
 
 
 EAGER_ROPE_PASSES = 9  # rotate-half in plain ops, below
+EAGER_ROPE_CAT_PASSES = 2  # of which the cat (a last-dimension cat: its own kernel class)
 FUSED_ROPE_PASSES = 2  # one kernel: read and write the rotated part once
 
 
@@ -327,6 +328,16 @@ def _mla_sizes(c: _Ctx, mla: Any) -> tuple[float, float, float, float]:
     return rope, full, full, kv
 
 
+def _gqa_rope(c: _Ctx, q: _Seq, name: str, qk: float, role: str = "") -> None:
+    """RoPE of Q and K (``qk`` bytes), forward or backward. Eager: the rotate-half's elementwise
+    passes, then its cat as a kernel of its own class (the backward's chunk is that cat's mirror)."""
+    if not c.eager:
+        q.mem(name, qk * _rope_passes(c), role=role)
+        return
+    q.mem(name, qk * (EAGER_ROPE_PASSES - EAGER_ROPE_CAT_PASSES), role=role)
+    q.mem(f"{name}_cat", qk * EAGER_ROPE_CAT_PASSES, role=role, access="last_dim_cat")
+
+
 def _qk_prep_fwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
     """QK-norm and RoPE between the projections and core attention. MLA: fused, one kernel
     rotates the rope parts and writes whole Q and K (TE's MLA RoPE); eager, RoPE on the rope
@@ -335,12 +346,12 @@ def _qk_prep_fwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
         qk = _gqa_qk_bytes(c)
         if getattr(c.m.attention, "qk_norm", False):
             q.mem(f"{P}.attn.qk_norm", qk * 2, role="norm")
-        q.mem(f"{P}.attn.rope", qk * _rope_passes(c), role="rope")
+        _gqa_rope(c, q, f"{P}.attn.rope", qk, role="rope")
         return
     rope, full_q, full_k, _ = _mla_sizes(c, mla)
     if c.eager:
         q.mem(f"{P}.attn.rope", rope * EAGER_ROPE_PASSES, role="rope")
-        q.mem(f"{P}.attn.qk_cat", 2 * (full_q + full_k), role="rope")
+        q.mem(f"{P}.attn.qk_cat", 2 * (full_q + full_k), role="rope", access="last_dim_cat")
     else:
         q.mem(f"{P}.attn.rope", 2 * (full_q + full_k), role="rope")
 
@@ -351,7 +362,7 @@ def _qk_prep_bwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
     K's gradient over the heads."""
     if mla is None:
         qk = _gqa_qk_bytes(c)
-        q.mem(f"{P}.attn.rope_bwd", qk * _rope_passes(c))
+        _gqa_rope(c, q, f"{P}.attn.rope_bwd", qk)
         if getattr(c.m.attention, "qk_norm", False):
             q.mem(f"{P}.attn.qk_norm_bwd", qk * 3)
         return
@@ -359,7 +370,7 @@ def _qk_prep_bwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
     if c.eager:
         heads = c.m.attention.heads // c.tp
         k_rope_expanded = c.T * heads * mla.qk_rope_head_dim * BF16
-        q.mem(f"{P}.attn.qk_cat_bwd", 2 * (full_q + kv) + k_rope_expanded)
+        q.mem(f"{P}.attn.qk_cat_bwd", 2 * (full_q + kv) + k_rope_expanded, access="last_dim_cat")
         q.mem(f"{P}.attn.rope_bwd", rope * EAGER_ROPE_PASSES)
     else:
         q.mem(f"{P}.attn.rope_bwd", 2 * (full_q + full_k))

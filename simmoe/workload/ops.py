@@ -70,6 +70,9 @@ class MemoryOp(OpBase):
     """Bandwidth-bound work (norms, activations, permute/unpermute, optimizer): bytes moved."""
 
     bytes_moved: float = 0.0
+    # Kernel class (simmoe.compute.params.MEMORY_ACCESS): "stream" for coalesced reads and writes,
+    # "last_dim_cat" for torch.cat along the last dimension (eager stacks).
+    access: str = "stream"
 
 
 @dataclass(frozen=True)
