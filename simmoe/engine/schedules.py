@@ -22,6 +22,9 @@ interleaving), so with ``v = 1`` chunk 0 is simply stage ``r``.
   the other's compute; then the cool-down backwards with the deferred weight gradients filling the
   bubbles. Needs p even and m even with m >= 2p (as the reference). With op times F, B (input
   gradient), W (weight gradient) and free communication the bubble is (p/2 - 1)(F&B + B - 3W).
+- Runs (``build_schedule(..., per_run=k)``, ``parallelism.schedule_micro_batches``): the step's m
+  micro-batches as m/k schedules of k back to back, each filled and drained, as
+  torch.distributed.pipelining runs gradient accumulation (one ``step()`` per local batch).
 A paired item carries ``overlap=True``: it runs together with the item just before it. Every
 schedule keeps each micro-batch's forward before its backward (and a deferred weight gradient after
 its backward) on each stage, and every rank runs each (micro-batch, stage, phase) exactly once
