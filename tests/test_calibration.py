@@ -254,11 +254,14 @@ def test_doubling_gemm_times_doubles_gemm_and_grouped_gemm(base, roof_model, tmp
     assert slow.memory_bound_s(1e8) == pytest.approx(roof_model.memory_bound_s(1e8), rel=1e-12)
 
 
-def test_a_profile_times_a_last_dimension_cat_as_its_copy_times_the_roofline_slowdown(roof_model):
-    # Profiles do not time torch.cat: the measured streaming time, times the roofline's ratio.
-    ratio = roof_model.roofline.params.last_dim_cat_slowdown
+@pytest.mark.parametrize("access", ["last_dim_cat", "strided"])
+def test_a_profile_times_a_slow_kernel_class_as_its_copy_times_the_roofline_slowdown(roof_model, access):
+    # Profiles time neither class: the measured streaming time, times the roofline's ratio.
+    params = roof_model.roofline.params
+    ratio = {"last_dim_cat": params.last_dim_cat_slowdown, "strided": params.strided_slowdown}[access]
+    assert ratio > 1
     for size in (1e6, 1e8, 1e10):
-        assert roof_model.memory_bound_s(size, 1, "last_dim_cat") == pytest.approx(
+        assert roof_model.memory_bound_s(size, 1, access) == pytest.approx(
             ratio * roof_model.memory_bound_s(size, 1), rel=1e-12)
 
 

@@ -31,16 +31,19 @@ def test_fused_gqa_rope_reads_and_writes_q_and_k_once_each_way():
     assert not any("qk_norm" in n or "grad_accum" in n or "qk_cat" in n for n in list(fwd) + list(bwd))
 
 
-def test_eager_gqa_rope_is_nine_passes_and_qk_norm_is_a_norm():
+def test_eager_gqa_rope_is_nine_passes_forward_ten_backward_and_qk_norm_is_a_norm():
     model = {**MOE, "attention": {**MOE["attention"], "qk_norm": True}}
     fwd, bwd = ops_of(scenario(model, kernels="eager"))
-    # Seven elementwise passes, then the rotate-half's cat (2 passes) as a last-dimension cat.
-    assert fwd["L0.attn.rope"].bytes_moved == 7 * GQA_QK_BYTES
-    assert fwd["L0.attn.rope_cat"].bytes_moved == 2 * GQA_QK_BYTES
-    assert bwd["L0.attn.rope_bwd"].bytes_moved == 7 * GQA_QK_BYTES
-    assert bwd["L0.attn.rope_bwd_cat"].bytes_moved == 2 * GQA_QK_BYTES
-    assert [fwd["L0.attn.rope"].access, fwd["L0.attn.rope_cat"].access, bwd["L0.attn.rope_bwd_cat"].access] \
-        == ["stream", "last_dim_cat", "last_dim_cat"]
+    # cat(x1*cos - x2*sin, x2*cos + x1*sin): four multiplies of half-rows, S/2 read and S/2
+    # written each (4S, strided); subtract and add read S and write S/2 each (3S); the cat of the
+    # two contiguous halves reads and writes S (2S). Backward: the same plus the negation (S,
+    # strided) of the rotation.
+    assert fwd["L0.attn.rope"].bytes_moved == 4 * GQA_QK_BYTES
+    assert fwd["L0.attn.rope_sum_cat"].bytes_moved == 5 * GQA_QK_BYTES
+    assert bwd["L0.attn.rope_bwd"].bytes_moved == 5 * GQA_QK_BYTES
+    assert bwd["L0.attn.rope_bwd_sum_cat"].bytes_moved == 5 * GQA_QK_BYTES
+    assert [fwd["L0.attn.rope"].access, fwd["L0.attn.rope_sum_cat"].access, bwd["L0.attn.rope_bwd"].access,
+            bwd["L0.attn.rope_bwd_sum_cat"].access] == ["strided", "stream", "strided", "stream"]
     assert fwd["L0.attn.qk_norm"].bytes_moved == 2 * GQA_QK_BYTES  # read, write
     assert bwd["L0.attn.qk_norm_bwd"].bytes_moved == 3 * GQA_QK_BYTES  # read x and dy, write dx
     names = list(fwd)

@@ -295,8 +295,9 @@ class ProfileModel:
         moves (those ops whose measured range covers it): the engine does not say which streaming
         kernel it is (norm, activation, optimizer). Gathers and scatter-adds are left out: their
         speed is set by L2 reuse and atomics (schema.STREAMING_MEMORY_OPS; copy is required).
-        ``access="last_dim_cat"``: the streaming time times the roofline's measured cat slowdown
-        (profiles do not time torch.cat)."""
+        ``access`` other than "stream" (a last-dimension cat, a strided element-wise op): the
+        streaming time times the roofline's measured slowdown of that class (profiles time
+        neither)."""
         streaming = {op: t for op, t in self._memory.items() if op in STREAMING_MEMORY_OPS}
         seconds = self._memory_s(streaming, bytes_moved, kernels)
         slow = access_slowdown(self.roofline.params, access)

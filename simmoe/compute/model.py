@@ -37,8 +37,10 @@ class ComputeModel(Protocol):
     def memory_bound_s(self, bytes_moved, kernels=1, access: str = "stream"):
         """Streaming kernels (norms, permute/unpermute, optimizer): ``bytes_moved`` = bytes read +
         bytes written in HBM, spread over ``kernels`` launches (0 when fused into a neighbour).
-        ``access`` (simmoe.compute.params.MEMORY_ACCESS): "stream", or "last_dim_cat" for a
-        torch.cat along the last dimension (element-wise index arithmetic, slower per byte)."""
+        ``access`` (simmoe.compute.params.MEMORY_ACCESS): "stream"; "last_dim_cat" for a
+        torch.cat along the last dimension of non-contiguous inputs; "strided" for an element-wise
+        op over a slice of the last dimension (both PyTorch's unvectorized kernels, slower per
+        byte)."""
 
     def describe(self) -> dict:
         """Provenance: ``kind`` ("roofline" | "profile"), ``device``, ``source``, ``identifier``."""

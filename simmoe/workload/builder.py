@@ -297,7 +297,9 @@ def _cp_kv_bytes(c: _Ctx) -> float:
 
 
 EAGER_ROPE_PASSES = 9  # rotate-half in plain ops, below
-EAGER_ROPE_CAT_PASSES = 2  # of which the cat (a last-dimension cat: its own kernel class)
+EAGER_ROPE_STRIDED_PASSES = 4  # of which the four multiplies of half-rows (kernel class "strided")
+EAGER_ROPE_BWD_PASSES = 10  # its backward: the same plus the rotation's negation
+EAGER_ROPE_BWD_STRIDED_PASSES = 5  # of which the four multiplies and the negation
 FUSED_ROPE_PASSES = 2  # one kernel: read and write the rotated part once
 
 
@@ -305,8 +307,9 @@ def _rope_passes(c: _Ctx) -> int:
     """Bytes moved by RoPE per byte of the rotated tensor S. Fused (TE's kernel): read S, write S.
     Eager (x1, x2 = chunk(x); cat(x1*cos - x2*sin, x2*cos + x1*sin)): four multiplies read and
     write S/2 each (4S), the subtract and add read S and write S/2 each (3S), cat reads and writes
-    S (2S): 9S. The backward runs the same pattern on the gradient (DeepSeek's complex-number form
-    moves about as much: 10S)."""
+    S (2S): 9S. The multiplies read half-rows (a slice of the last dimension): PyTorch's strided
+    kernel class. The backward adds the rotation's negation (S, strided): 10S. DeepSeek's
+    complex-number form moves about as much (10S) in contiguous kernels."""
     return EAGER_ROPE_PASSES if c.eager else FUSED_ROPE_PASSES
 
 
@@ -328,14 +331,17 @@ def _mla_sizes(c: _Ctx, mla: Any) -> tuple[float, float, float, float]:
     return rope, full, full, kv
 
 
-def _gqa_rope(c: _Ctx, q: _Seq, name: str, qk: float, role: str = "") -> None:
-    """RoPE of Q and K (``qk`` bytes), forward or backward. Eager: the rotate-half's elementwise
-    passes, then its cat as a kernel of its own class (the backward's chunk is that cat's mirror)."""
+def _gqa_rope(c: _Ctx, q: _Seq, name: str, qk: float, role: str = "", backward: bool = False) -> None:
+    """RoPE of Q and K (``qk`` bytes), forward or backward. Eager: the multiplies of half-rows
+    (and the backward's negation) as strided kernels, then the subtract, add and cat, which
+    stream (the cat's inputs are contiguous: PyTorch's vectorized cat)."""
     if not c.eager:
         q.mem(name, qk * _rope_passes(c), role=role)
         return
-    q.mem(name, qk * (EAGER_ROPE_PASSES - EAGER_ROPE_CAT_PASSES), role=role)
-    q.mem(f"{name}_cat", qk * EAGER_ROPE_CAT_PASSES, role=role, access="last_dim_cat")
+    total, strided = ((EAGER_ROPE_BWD_PASSES, EAGER_ROPE_BWD_STRIDED_PASSES) if backward
+                      else (EAGER_ROPE_PASSES, EAGER_ROPE_STRIDED_PASSES))
+    q.mem(name, qk * strided, role=role, access="strided")
+    q.mem(f"{name}_sum_cat", qk * (total - strided), role=role)
 
 
 def _qk_prep_fwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
@@ -362,7 +368,7 @@ def _qk_prep_bwd(c: _Ctx, q: _Seq, P: str, mla: Any) -> None:
     K's gradient over the heads."""
     if mla is None:
         qk = _gqa_qk_bytes(c)
-        _gqa_rope(c, q, f"{P}.attn.rope_bwd", qk)
+        _gqa_rope(c, q, f"{P}.attn.rope_bwd", qk, backward=True)
         if getattr(c.m.attention, "qk_norm", False):
             q.mem(f"{P}.attn.qk_norm_bwd", qk * 3)
         return

@@ -71,7 +71,8 @@ class MemoryOp(OpBase):
 
     bytes_moved: float = 0.0
     # Kernel class (simmoe.compute.params.MEMORY_ACCESS): "stream" for coalesced reads and writes,
-    # "last_dim_cat" for torch.cat along the last dimension (eager stacks).
+    # "last_dim_cat" for torch.cat along the last dimension of non-contiguous inputs, "strided"
+    # for an element-wise op over a slice of the last dimension (eager stacks).
     access: str = "stream"
 
 
