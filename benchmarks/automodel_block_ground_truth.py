@@ -29,6 +29,8 @@ The block, per case (dimensions from the scenario; tokens = micro_batch x seq_le
   local ones (2x for DeepSeek-V3, whose tokens go to two ranks) and combine sums them back, small
   copies kept in the timing. DeepEP's CPU wait for the receive counts is kept (off with
   ``--no-host-sync``): a device-to-host read at each dispatch, in the forward and in the recompute.
+  ``--dispatch-us N`` keeps the GPU busy N us after it (a spin kernel), as DeepEP's transfer would
+  while the host issues what follows.
 - full activation recompute: ``torch.utils.checkpoint`` around the block, as Automodel's
   ``ptd_checkpoint_wrapper``.
 
@@ -164,12 +166,27 @@ def predict(case: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------- the block
 
 
+def _spin_cycles_per_us(torch) -> float:
+    """GPU clock cycles per microsecond of ``torch.cuda._sleep``, timed once (CUDA events)."""
+    cycles = 2_000_000
+    torch.cuda._sleep(cycles)  # warm
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    torch.cuda._sleep(cycles)
+    b.record()
+    b.synchronize()
+    return cycles / (a.elapsed_time(b) * 1e3)
+
+
 class Block:
     """The block's parameters and its forward (autograd does the backward)."""
 
     def __init__(self, torch, shape: Shape, device, compile: bool, host_sync: bool, blocks: int = 1,
-                 expand_gqa: bool = False) -> None:
+                 expand_gqa: bool = False, dispatch_us: float = 0.0) -> None:
         self.torch, self.s, self.device, self.host_sync, self.blocks = torch, shape, device, host_sync, blocks
+        self.dispatch_cycles = 0  # GPU spin standing in for DeepEP's dispatch transfer (CUDA only)
+        if dispatch_us > 0 and device.type == "cuda":
+            self.dispatch_cycles = int(dispatch_us * _spin_cycles_per_us(torch))
         self.attention_path = "cudnn, K/V heads expanded" if expand_gqa else ""
         F = torch.nn.functional
         bf16 = torch.bfloat16
@@ -389,6 +406,8 @@ class Block:
         recv = torch.cat([h] * whole + ([h[:part]] if part else []), 0) if self.received_tokens != s.tokens else h
         if self.host_sync:  # DeepEP normal dispatch: the CPU waits for the receive counts
             recv[:1, :1].sum().item()
+        if self.dispatch_cycles:  # then the GPU moves the tokens while the host issues what follows
+            torch.cuda._sleep(self.dispatch_cycles)
         x = self._permute(recv)
         y = self._gmm(self.weighted_swiglu(self._gmm(x, self.w1), self.probs), self.w2)
         back = self._unpermute(y)
@@ -513,6 +532,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: all")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None)
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke test; says nothing about a GPU)")
+    ap.add_argument("--dispatch-us", type=float, default=0.0,
+                    help="GPU busy this long after each dispatch's host wait, standing in for DeepEP's "
+                    "transfer (CUDA; 0: none)")
     ap.add_argument("--no-host-sync", dest="host_sync", action="store_false",
                     help="leave out DeepEP's CPU wait at each dispatch")
     ap.add_argument("--blocks", type=int, action="append",
@@ -538,12 +560,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pred = predict(case)
         torch.manual_seed(0)
         block = Block(torch, shape, device, compile=device.type == "cuda", host_sync=args.host_sync, blocks=blocks,
+                      dispatch_us=args.dispatch_us,
                       expand_gqa=args.expand_gqa)
         x = torch.randn(shape.tokens, shape.hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
         block.grad_out = torch.randn_like(x)
         got = time_case(torch, block, x, args.warmup, args.repeats, preheat)
         row = {"case": case, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "host_sync": args.host_sync, "tiny": tiny,
+               "torch": torch.__version__, "host_sync": args.host_sync, "dispatch_us": args.dispatch_us, "tiny": tiny,
                "tokens": shape.tokens, "received_tokens": block.received_tokens, "expert_rows": block.rows,
                "local_experts": shape.local_experts, "blocks": blocks, "attention_path": block.attention_path,
                **got, "measured_block_ms": got["measured_step_ms"] / blocks,
