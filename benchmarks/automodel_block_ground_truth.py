@@ -182,7 +182,7 @@ class Block:
     """The block's parameters and its forward (autograd does the backward)."""
 
     def __init__(self, torch, shape: Shape, device, compile: bool, host_sync: bool, blocks: int = 1,
-                 expand_gqa: bool = False, dispatch_us: float = 0.0) -> None:
+                 expand_gqa: bool = False, dispatch_us: float = 0.0, gmm: str = "loop") -> None:
         self.torch, self.s, self.device, self.host_sync, self.blocks = torch, shape, device, host_sync, blocks
         self.dispatch_cycles = 0  # GPU spin standing in for DeepEP's dispatch transfer (CUDA only)
         if dispatch_us > 0 and device.type == "cuda":
@@ -257,6 +257,11 @@ class Block:
         self.streams = [torch.cuda.Stream(device) for _ in range(GMM_STREAMS)] if self.cuda else []
         self.params = [p for p in vars(self).values() if isinstance(p, torch.Tensor) and p.requires_grad]
         self._gmm = self._gmm_function()
+        if gmm == "grouped":  # one CUTLASS kernel per call: no host loop over the experts
+            if not (self.cuda and hasattr(torch, "_grouped_mm")):
+                raise SystemExit("--gmm grouped needs CUDA and torch._grouped_mm")
+            offs = torch.as_tensor(np.cumsum(self.hist), device=device, dtype=torch.int32)
+            self._gmm = lambda x, w: torch._grouped_mm(x, w, offs=offs)
         self._unpermute = self._unpermute_function(wrap)
 
     # grouped_gemm (fanshiqing v1.1.4) on Hopper: cublasGemmEx per expert over 4 streams, forward,
@@ -535,6 +540,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--dispatch-us", type=float, default=0.0,
                     help="GPU busy this long after each dispatch's host wait, standing in for DeepEP's "
                     "transfer (CUDA; 0: none)")
+    ap.add_argument("--gmm", choices=("loop", "grouped"), default="loop",
+                    help="expert GEMMs: grouped_gemm's per-expert cuBLAS loop (default), or one "
+                    "torch._grouped_mm kernel per call (no host loop; CUDA)")
     ap.add_argument("--no-host-sync", dest="host_sync", action="store_false",
                     help="leave out DeepEP's CPU wait at each dispatch")
     ap.add_argument("--blocks", type=int, action="append",
@@ -560,13 +568,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pred = predict(case)
         torch.manual_seed(0)
         block = Block(torch, shape, device, compile=device.type == "cuda", host_sync=args.host_sync, blocks=blocks,
-                      dispatch_us=args.dispatch_us,
+                      dispatch_us=args.dispatch_us, gmm=args.gmm,
                       expand_gqa=args.expand_gqa)
         x = torch.randn(shape.tokens, shape.hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
         block.grad_out = torch.randn_like(x)
         got = time_case(torch, block, x, args.warmup, args.repeats, preheat)
         row = {"case": case, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "host_sync": args.host_sync, "dispatch_us": args.dispatch_us, "tiny": tiny,
+               "torch": torch.__version__, "host_sync": args.host_sync, "dispatch_us": args.dispatch_us, "gmm": args.gmm, "tiny": tiny,
                "tokens": shape.tokens, "received_tokens": block.received_tokens, "expert_rows": block.rows,
                "local_experts": shape.local_experts, "blocks": blocks, "attention_path": block.attention_path,
                **got, "measured_block_ms": got["measured_step_ms"] / blocks,

@@ -195,11 +195,12 @@ def _class_busy(gt, events: list[dict], windows) -> dict[str, float]:
 
 
 def measure(torch, gt, case: str, blocks: int, device, tiny: bool, host_sync: bool, preheat_s: float,
-            iterations: int, trace_path: str | None = None, dispatch_us: float = 0.0) -> tuple[dict, list[dict]]:
+            iterations: int, trace_path: str | None = None, dispatch_us: float = 0.0,
+            gmm: str = "loop") -> tuple[dict, list[dict]]:
     shape = gt.shape_of(case, tiny)
     torch.manual_seed(0)
     block = gt.Block(torch, shape, device, compile=device.type == "cuda", host_sync=host_sync, blocks=blocks,
-                     dispatch_us=dispatch_us)
+                     dispatch_us=dispatch_us, gmm=gmm)
     x = torch.randn(shape.tokens, shape.hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
     block.grad_out = torch.randn_like(x)
     sync = torch.cuda.synchronize if block.cuda else (lambda: None)
@@ -224,7 +225,7 @@ def measure(torch, gt, case: str, blocks: int, device, tiny: bool, host_sync: bo
             plain_event.append(a.elapsed_time(b) * 1e-3)
         else:
             plain_event.append(plain_host[-1])
-    row = {"case": case, "blocks": blocks, "host_sync": host_sync, "dispatch_us": dispatch_us, "tiny": tiny,
+    row = {"case": case, "blocks": blocks, "host_sync": host_sync, "dispatch_us": dispatch_us, "gmm": gmm, "tiny": tiny,
            "iterations": iterations,
            "plain_event_ms": statistics.median(plain_event) * 1e3 / blocks,
            "plain_host_issue_ms": statistics.median(plain_host) * 1e3 / blocks}
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--dispatch-us", type=float, default=0.0,
                     help="GPU busy this long after each dispatch's host wait (a spin standing in for "
                     "DeepEP's transfer; CUDA only)")
+    ap.add_argument("--gmm", choices=("loop", "grouped"), default="loop",
+                    help="expert GEMMs: the per-expert loop (default) or one torch._grouped_mm per call (CUDA)")
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--preheat", type=float, default=None, help="seconds of back-to-back steps first (default 2 on CUDA)")
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if case not in gt.CASES:
             ap.error(f"--case {case!r}: allowed {', '.join(sorted(gt.CASES))}")
         row, its_gaps = measure(torch, gt, case, args.blocks, device, tiny, args.host_sync, preheat,
-                                args.iterations, args.trace, args.dispatch_us)
+                                args.iterations, args.trace, args.dispatch_us, args.gmm)
         rows.append(row)
         gaps += its_gaps
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
