@@ -163,7 +163,8 @@ def _profiled(torch, block, x, iterations: int, cpu: bool) -> tuple[list[dict], 
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text()).get("traceEvents", [])
     marks = {e["name"]: (e["ts"], e["ts"] + e.get("dur", 0.0)) for e in events
-             if e.get("ph") == "X" and e.get("name", "").startswith("simmoe_iteration_") and e.get("cat") != "gpu_user_annotation"}
+             if e.get("ph") == "X" and e.get("name", "").startswith("simmoe_iteration_")
+             and e.get("cat") != "gpu_user_annotation"}  # the host range, not its GPU mirror
     windows = [marks.get(n, (0.0, -1.0)) for n in names]
     if not cpu and block.cuda:  # no CPU ops recorded: windows from the launches' own order
         windows = _windows_from_launches(events, iterations)
@@ -182,13 +183,15 @@ def _windows_from_launches(events: list[dict], iterations: int) -> list[tuple[fl
 
 
 def _class_busy(gt, events: list[dict], windows) -> dict[str, float]:
+    """Kernel seconds by class (GEMM, attention, other) per window, in ms; a kernel belongs to the
+    window of its launch (its own start when no launch was recorded), as in idle_breakdown."""
     launches = {e["args"]["correlation"]: e["ts"] for e in events if e.get("ph") == "X"
                 and e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
     out: dict = defaultdict(float)
     for e in events:
         if e.get("ph") == "X" and e.get("cat") in GPU_CATS:
-            t = launches.get(e.get("args", {}).get("correlation"))
-            if t is not None and any(w0 <= t <= w1 for w0, w1 in windows):
+            t = launches.get(e.get("args", {}).get("correlation"), e["ts"])
+            if any(w0 <= t <= w1 for w0, w1 in windows):
                 out[gt.kernel_class(e.get("name", ""))] += e.get("dur", 0.0)
     n = max(len(windows), 1)
     return {f"{k}_ms": v * 1e-3 / n for k, v in out.items()}
@@ -259,6 +262,13 @@ def measure(torch, gt, case: str, blocks: int, device, tiny: bool, host_sync: bo
     return row, gaps
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: allowed integers >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", action="append", help="default: all of automodel_block_ground_truth's cases")
@@ -270,8 +280,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "DeepEP's transfer; CUDA only)")
     ap.add_argument("--gmm", choices=("loop", "grouped"), default="loop",
                     help="expert GEMMs: the per-expert loop (default) or one torch._grouped_mm per call (CUDA)")
-    ap.add_argument("--blocks", type=int, default=1)
-    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--blocks", type=_positive_int, default=1, help="blocks chained per step (default 1)")
+    ap.add_argument("--iterations", type=_positive_int, default=5, help="steps measured each way (default 5)")
     ap.add_argument("--preheat", type=float, default=None, help="seconds of back-to-back steps first (default 2 on CUDA)")
     ap.add_argument("--out", help="one row per case: .csv or .parquet")
     ap.add_argument("--gaps", help="largest idle sources per case: .csv or .parquet")
@@ -291,9 +301,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
         gaps += its_gaps
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-        for g in its_gaps[:12]:
-            print(f"  gap {g['gap_us'] / args.iterations:8.1f} us/it  host-late {g['host_late_us'] / args.iterations:8.1f}"
-                  f"  x{g['count'] / args.iterations:.0f} sync={g['sync']}  {g['op']}  | {g['prev']} -> {g['next']}", flush=True)
+        n = args.iterations
+        for g in its_gaps[:12]:  # per step: idle, of it host-late, how many gaps; where
+            print(f"  gap {g['gap_us'] / n:8.1f} us/it  host-late {g['host_late_us'] / n:8.1f}  x{g['count'] / n:.0f}"
+                  f" sync={g['sync']}  {g['op']}  | {g['prev']} -> {g['next']}", flush=True)
         if args.out:
             gt.write(rows, args.out)
         if args.gaps and gaps:

@@ -86,7 +86,8 @@ def test_top_gaps_sums_by_source_largest_first(bip):
             {"prev": "a", "next": "b", "op": "mm", "sync": False, "gap_us": 30.0, "host_late_us": 20.0},
             {"prev": "c", "next": "d", "op": "add", "sync": True, "gap_us": 35.0, "host_late_us": 35.0}]
     top = bip.top_gaps(gaps)
-    assert [(t["prev"], t["count"], t["gap_us"], t["host_late_us"]) for t in top] == [("a", 2, 40.0, 28.0), ("c", 1, 35.0, 35.0)]
+    assert [(t["prev"], t["count"], t["gap_us"], t["host_late_us"]) for t in top] == \
+        [("a", 2, 40.0, 28.0), ("c", 1, 35.0, 35.0)]
     assert len(bip.top_gaps(gaps, n=1)) == 1
 
 
@@ -104,5 +105,6 @@ def test_cpu_smoke_run_writes_its_row(bip, tmp_path):
     assert len(rows) == 1 and rows[0]["case"] == "qwen3-30b-a3b" and rows[0]["tiny"]
     assert rows[0]["plain_event_ms"] > 0 and rows[0]["cpu_event_ms"] > 0
     assert out.exists()
-    with pytest.raises(SystemExit):
-        bip.main(["--device", "cpu", "--case", "no-such-case"])
+    for bad in (["--case", "no-such-case"], ["--iterations", "0"], ["--blocks", "-1"]):
+        with pytest.raises(SystemExit):
+            bip.main(["--device", "cpu", *bad])
