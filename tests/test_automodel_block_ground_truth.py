@@ -3,24 +3,13 @@ gate (by hand), the hand-written autograd pieces against plain PyTorch, a CPU sm
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "automodel_block_ground_truth.py"
-
-
 @pytest.fixture(scope="module")
-def gt():
-    spec = importlib.util.spec_from_file_location("automodel_block_ground_truth", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def gt(load_benchmark):
+    return load_benchmark("automodel_block_ground_truth")
 
 
 def test_received_tokens_follow_the_cyclic_gate(gt):

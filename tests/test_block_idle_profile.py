@@ -3,24 +3,12 @@ the gap ranking, iteration windows without CPU ops, and a CPU smoke run."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "block_idle_profile.py"
-
-
 @pytest.fixture(scope="module")
-def bip():
-    spec = importlib.util.spec_from_file_location("block_idle_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.modules.pop("automodel_block_ground_truth", None)
+def bip(load_benchmark):
+    return load_benchmark("block_idle_profile")
 
 
 def _x(cat, name, ts, dur, tid=1, **args):

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="module")
-def replay():
-    spec = importlib.util.spec_from_file_location("block_idle_replay", ROOT / "benchmarks" / "block_idle_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["block_idle_replay"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("block_idle_replay", None)
+def replay(load_benchmark):
+    return load_benchmark("block_idle_replay")
 
 
 def test_host_bound_kernels_leave_the_gpu_idle_by_hand(replay):

@@ -6,9 +6,7 @@ profile reader that moves a prediction away from the measurement fails here."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,6 @@ from simmoe.compute.roofline import RooflineModel
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "results" / "gpu-ground-truth"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 ATTENTION_RUNS = ("h100-attention-shapes.csv", "h100-attention-shapes-repeat.csv")  # two lent machines
@@ -80,29 +70,22 @@ def test_the_measured_file_holds_every_backend_and_what_each_rejected():
 
 @pytest.mark.parametrize("gpu_file,profile", [("h100-fused-preheat.csv", "measured:H100-SXM"),
                                               ("h200-fused-preheat.csv", "measured:H200-SXM")])
-def test_moe_layer_ground_truth_replays_within_the_reported_error(gpu_file, profile):
+def test_moe_layer_ground_truth_replays_within_the_reported_error(load_benchmark, gpu_file, profile):
     # A real BF16 MoE layer (router .. grouped SwiGLU experts .. unpermute, forward + backward), 20
     # cases, against simmoe with the shipped profile measured on the same GPU: the notes report
     # median |error| 2.9% (H100) / 2.3% (H200), worst 8.1% / 7.8%.
-    gt = _module("moe_layer_ground_truth")
-    try:
-        rows = gt.replay(str(MEASURED / gpu_file), gt.read_rows(str(MEASURED / gpu_file))[0]["gpu"], profile)
-    finally:
-        sys.modules.pop("moe_layer_ground_truth", None)
+    gt = load_benchmark("moe_layer_ground_truth")
+    rows = gt.replay(str(MEASURED / gpu_file), gt.read_rows(str(MEASURED / gpu_file))[0]["gpu"], profile)
     errors = [abs(r["error_pct"]) for r in rows]
     assert len(errors) == 20
     assert statistics.median(errors) < 4.0
     assert max(errors) < 10.0
 
 
-def test_roofline_attention_parameters_are_the_fit_of_the_measured_files():
+def test_roofline_attention_parameters_are_the_fit_of_the_measured_files(load_benchmark):
     # roofline.yaml cites `benchmarks/attention_shapes.py --fit` on the committed files: the
     # numbers written there must be what that fit gives (to the three digits written).
-    shapes = _module("attention_shapes")
-    try:
-        fit = shapes.fit_attention_runs([_rows(name) for name in ATTENTION_RUNS], "H100-SXM")
-    finally:
-        sys.modules.pop("attention_shapes", None)
+    fit = load_benchmark("attention_shapes").fit_attention_runs([_rows(name) for name in ATTENTION_RUNS], "H100-SXM")
     params = RooflineModel("H100-SXM").params
     for key in ("bf16_forward", "bf16_backward"):
         assert params.attention_fraction_of_peak[key] == pytest.approx(fit["fraction_of_peak"][key], abs=5e-4)
@@ -117,12 +100,12 @@ BLOCK_CASES = ("qwen3-30b-a3b", "deepseek-v3", "kimi-k2")
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)
-def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes_say(case):
+def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes_say(load_benchmark, case):
     """The Automodel-style block (benchmarks/automodel_block_ground_truth.py, one lent H100): simmoe's
     GEMMs and attention within 8% of the kernels measured; the whole block still short by 5-22%
     (memory-bound kernels the model lacks, GPU idle time: docs/validation.md), and closer to the
     measurement than the prediction committed beside it (before the cat kernel class)."""
-    gt = _module("automodel_block_ground_truth")
+    gt = load_benchmark("automodel_block_ground_truth")
     with open(MEASURED / f"h100-automodel-block-{case}.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["blocks"] == "1")
     pred = gt.predict(case)
@@ -132,18 +115,17 @@ def test_automodel_block_gemm_and_attention_match_and_the_rest_is_what_the_notes
     measured = float(row["measured_block_ms"])
     assert abs(block_ms - measured) < abs(float(row["simmoe_block_ms"]) - measured)
     assert 0.78 < block_ms / measured < 0.95
-    sys.modules.pop("automodel_block_ground_truth", None)
 
 
 IDLE_RUNS = ("h100-block-idle.csv", "h100-block-idle-4-blocks.csv")  # 1 block, 4 chained (per block)
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)
-def test_automodel_block_matches_the_kernels_of_the_timed_steps_and_the_rest_is_idle(case):
+def test_automodel_block_matches_the_kernels_of_the_timed_steps_and_the_rest_is_idle(load_benchmark, case):
     """benchmarks/block_idle_profile.py (one lent H100): in the timed steps themselves simmoe's
     block is within 5% of the kernels' busy time, and the unprofiled step is longer than both:
     the rest is GPU idle simmoe does not model (docs/validation.md, "The timed steps profiled")."""
-    gt = _module("automodel_block_ground_truth")
+    gt = load_benchmark("automodel_block_ground_truth")
     pred = gt.predict(case)
     block_ms = (pred["fwd"] + pred["recompute"] + pred["bwd"]) * 1e3
     for name in IDLE_RUNS:
@@ -153,7 +135,6 @@ def test_automodel_block_matches_the_kernels_of_the_timed_steps_and_the_rest_is_
         assert block_ms == pytest.approx(busy, rel=0.05), name
         assert busy < float(row["plain_event_ms"]) and block_ms < float(row["plain_event_ms"]), name
         assert float(row["cuda_idle_host_ms"]) > 0  # the host launched some kernels late
-    sys.modules.pop("automodel_block_ground_truth", None)
 
 
 # The last-dimension cats of the block traces: (case, kernel position in the 1-block trace, bytes

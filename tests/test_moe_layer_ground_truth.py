@@ -3,9 +3,6 @@ routing draw and the measured layer's arithmetic."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +10,9 @@ import pytest
 from simmoe.calibration import load_compute_model
 from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_layer_ground_truth.py"
-
-
 @pytest.fixture(scope="module")
-def gt():
-    spec = importlib.util.spec_from_file_location("moe_layer_ground_truth", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def gt(load_benchmark):
+    return load_benchmark("moe_layer_ground_truth")
 
 
 def test_cpu_smoke_run_prints_the_table(gt, tmp_path, capsys):
