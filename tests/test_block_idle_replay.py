@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 @pytest.fixture(scope="module")
 def replay(load_benchmark):
     return load_benchmark("block_idle_replay")
