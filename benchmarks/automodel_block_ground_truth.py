@@ -184,8 +184,10 @@ class Block:
     def __init__(self, torch, shape: Shape, device, compile: bool, host_sync: bool, blocks: int = 1,
                  expand_gqa: bool = False, dispatch_us: float = 0.0, gmm: str = "loop") -> None:
         self.torch, self.s, self.device, self.host_sync, self.blocks = torch, shape, device, host_sync, blocks
-        self.dispatch_cycles = 0  # GPU spin standing in for DeepEP's dispatch transfer (CUDA only)
-        if dispatch_us > 0 and device.type == "cuda":
+        self.dispatch_cycles = 0  # GPU spin standing in for DeepEP's dispatch transfer
+        if dispatch_us > 0:
+            if device.type != "cuda":
+                raise SystemExit("--dispatch-us needs CUDA (a GPU spin kernel)")
             self.dispatch_cycles = int(dispatch_us * _spin_cycles_per_us(torch))
         self.attention_path = "cudnn, K/V heads expanded" if expand_gqa else ""
         F = torch.nn.functional

@@ -96,3 +96,8 @@ def test_cpu_smoke_run_writes_its_row(bip, tmp_path):
     for bad in (["--case", "no-such-case"], ["--iterations", "0"], ["--blocks", "-1"]):
         with pytest.raises(SystemExit):
             bip.main(["--device", "cpu", *bad])
+    # The GPU-only stand-ins refuse to run on the CPU rather than record what did not happen.
+    for flag, message in ((["--dispatch-us", "100"], "--dispatch-us needs CUDA"),
+                          (["--gmm", "grouped"], "--gmm grouped needs CUDA")):
+        with pytest.raises(SystemExit, match=message):
+            bip.main(["--device", "cpu", "--tiny", "--case", "qwen3-30b-a3b", *flag])
