@@ -114,3 +114,41 @@ def test_eager_is_slower_than_fused_in_a_step():
 def test_unknown_kernel_stack_is_named(tmp_path):
     path = write(tmp_path, "s.yaml", variant(training__kernels="compiled"))
     expect(path, "training.kernels='compiled'", "not an allowed value", "one of fused, eager")
+
+
+# Where one tensor feeds several ops autograd sums the input gradients that come back, one add
+# per extra consumer; the shared expert's output is added to the routed one. Each add reads two
+# T x d tensors and writes one: 3 x 64 x 64 x 2 B.
+ADD = 3 * 64 * 64 * 2
+NO_SHARED = {**MOE, "moe": {**MOE["moe"], "shared_experts": 0}}
+
+
+@pytest.mark.parametrize("model, kernels, moe_adds, attn_adds", [
+    (MOE, "fused", 2, 0),  # the norm's output: router + permute, shared expert; fused QKV GEMM
+    (MOE, "eager", 3, 2),  # and the shared gate and up GEMMs apart; Q, K and V projections apart
+    (NO_SHARED, "eager", 1, 2),
+    (MLA, "fused", 2, 1),  # MLA's Q and KV down-projections read the same normed input
+])
+def test_fan_out_gradients_are_summed_and_shared_output_added(model, kernels, moe_adds, attn_adds):
+    fwd, bwd = ops_of(scenario(model, kernels=kernels))
+    assert bwd["L1.moe.fanout_bwd"].bytes_moved == moe_adds * ADD
+    if attn_adds:
+        assert bwd["L1.attn.fanout_bwd"].bytes_moved == attn_adds * ADD
+    else:
+        assert "L1.attn.fanout_bwd" not in bwd
+    shared = model["moe"]["shared_experts"] > 0
+    assert ("L1.moe.shared_add" in fwd) == shared
+    if shared:
+        assert fwd["L1.moe.shared_add"].bytes_moved == ADD
+        assert fwd["L1.moe.shared_add"].after == ("L1.moe.unpermute", "L1.shared.fc2")
+    names = list(bwd)  # each sum after the last consumer's backward, before the norm's
+    assert names.index("L1.moe.router.bwd") < names.index("L1.moe.fanout_bwd") < names.index("L1.ln2_bwd")
+    if attn_adds:
+        assert names.index("L1.attn.fanout_bwd") + 1 == names.index("L1.ln1_bwd")
+
+
+def test_sequence_parallel_sums_the_rank_s_rows():
+    fwd, bwd = ops_of(scenario(MLA, par=dict(tp=2, dp=1, sequence_parallel=True)))
+    assert bwd["L1.attn.fanout_bwd"].bytes_moved == ADD / 2  # the down-projections read T/tp rows
+    assert bwd["L1.moe.fanout_bwd"].bytes_moved == 2 * ADD / 2
+    assert fwd["L1.moe.shared_add"].bytes_moved == ADD / 2

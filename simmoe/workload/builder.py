@@ -450,6 +450,12 @@ def _attention_bwd(c: _Ctx, q: _Seq, P: str) -> None:
             _gemm_bwd(q, f"{P}.attn.kv_down", T, mla.kv_lora_rank + rope, d, c.lin, redundancy=tp)
             _gemm_bwd(q, f"{P}.attn.q", T, lin["q"].out_features // tp, d, c.lin)
             _tp_out(c, q, f"{P}.attn.ag_bwd", overlap=True)
+    # The norm's output feeds several projections whose input gradients autograd sums: MLA's Q
+    # and KV down-projections (one add); eager GQA's separate Q, K and V projections (two).
+    fanout = 1 if mla is not None else 2 * int(c.eager)
+    if fanout:
+        rows = c.Tsp if (mla is not None and c.sp) else T
+        q.mem(f"{P}.attn.fanout_bwd", fanout * 3 * rows * d * BF16)
     q.mem(f"{P}.ln1_bwd", c.Tsp * d * BF16 * 3)
 
 
@@ -534,6 +540,8 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
     q.mem(f"{P}.moe.unpermute", Tm * k * d * BF16 + Tm * d * BF16)
     if c.tp > 1 and not c.sp:
         q.coll(f"{P}.moe.tp_ag", "tp", "all_gather", size_bytes=T * d * BF16)
+    if shared_last is not None:  # routed + shared: its own add (Megatron's MoELayer, Automodel) before the residual
+        shared_last = q.mem(f"{P}.moe.shared_add", 3 * c.Tsp * d * BF16, also=(shared_last,))
     q.mem(f"{P}.moe.residual", 3 * c.Tsp * d * BF16, role="residual", also=(shared_last,))
 
 
@@ -571,7 +579,12 @@ def _moe_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     q.mem(f"{P}.moe.permute_bwd", Tm * k * d * BF16 + Tm * d * BF16)
     q.mem(f"{P}.moe.topk_bwd", Tm * c.E * FP32 * 3)
     _gemm_bwd(q, f"{P}.moe.router", Tm, c.E, d, c.router_dtype)
-    q.mem(f"{P}.ln2_bwd", c.Tsp * d * BF16 * 3, also=(shared_last,))
+    # The norm's output feeds the router and the permute, and the shared expert: autograd sums
+    # the gradients that come back (one add per extra consumer; eager runs the shared gate and up
+    # projections as two GEMMs, one more).
+    fanout = 1 + (1 + int(c.eager) if c.fs else 0)
+    q.mem(f"{P}.moe.fanout_bwd", fanout * 3 * c.Tsp * d * BF16, also=(shared_last,))
+    q.mem(f"{P}.ln2_bwd", c.Tsp * d * BF16 * 3)
 
 
 # ------------------------------------------------------------------- embedding, head, MTP
