@@ -283,6 +283,14 @@ def test_dualpipe_runs_need_enough_micro_batches(tmp_path, topo):
            "an even divisor of 8 that is at least 4, or null")
 
 
+def test_lockstep_pipeline_sends_need_the_interleaved_schedule(tmp_path, topo):
+    path = write(tmp_path, "s.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "lockstep"}))
+    expect(path, "s.yaml", "parallelism.pipeline_p2p='lockstep'", "PipelineScheduleMulti",
+           "async, or parallelism.schedule: interleaved")
+    path = write(tmp_path, "t.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "eager"}))
+    expect(path, "parallelism.pipeline_p2p", "async", "lockstep")
+
+
 def test_top_k_above_experts(tmp_path, topo):
     path = write(tmp_path, "s.yaml", variant(model__moe__top_k=9, parallelism={"ep": 1}))
     expect(path, "model.moe.top_k=9", "exceeds model.moe.routed_experts=8", "1..8")

@@ -8,7 +8,7 @@ import pytest
 from simmoe.config.loader import load_default_scenario
 from simmoe.engine.program import compile_program
 from simmoe.engine.runner import Simulation, _interval_union, _measure, _overlap
-from simmoe.engine.schedules import build_schedule, makespan
+from simmoe.engine.schedules import build_schedule, lockstep_makespan, makespan
 from simmoe.workload.ops import CollectiveOp, GemmOp, MemoryOp
 
 # A small MoE on the default 2 x DGX H100 cluster: 4 layers, 4 micro-batches per pipeline.
@@ -81,6 +81,63 @@ def test_schedule_runs_match_the_oracle(schedule, pp, vpp, gb, per_run):
     assert got == pytest.approx(sim.m // per_run * one_run, rel=1e-12)
     if schedule == "1f1b":  # R (m_run + p - 1)(t_f + t_b), by hand
         assert got == pytest.approx(sim.m // per_run * (per_run + pp - 1) * (t_f + t_b))
+
+
+class SendingPrograms(ConstantPrograms):
+    """Constant op times; each stage sends its output on (``size`` bytes over the pipeline group)
+    unless it leaves the pipeline."""
+
+    def __init__(self, t_f: float, t_b: float, size: float, stages: int) -> None:
+        super().__init__(t_f, t_b)
+        self.size, self.stages = size, stages
+
+    def stage_program(self, v):
+        def send(phase):
+            return [CollectiveOp(f"p2p.{phase}{v}", None, phase, group="pp", collective="p2p_send",
+                                 size_bytes=self.size, holds_sms=False)]
+        return [MemoryOp(f"f{v}", None, "fwd", bytes_moved=self.t_f)] + \
+            (send("fwd") if v < self.stages - 1 else []), \
+            [MemoryOp(f"b{v}", None, "bwd", bytes_moved=self.t_b)] + (send("bwd") if v > 0 else [])
+
+
+def _lockstep(pp, vpp, gb, per_run, mode="lockstep"):
+    return load_default_scenario(
+        ["model.layers=24", "parallelism.ep=4", f"parallelism.pp={pp}", f"parallelism.vpp={vpp}",
+         "parallelism.schedule=interleaved", f"training.global_batch={gb}",
+         f"parallelism.pipeline_p2p={mode}"] +
+        ([f"parallelism.schedule_micro_batches={per_run}"] if per_run else []))
+
+
+@pytest.mark.parametrize("pp,vpp,gb,per_run", [(2, 2, 64, None), (4, 2, 128, None), (4, 2, 256, 4),
+                                               (2, 3, 64, None)])
+def test_lockstep_pipeline_matches_the_table_oracle(pp, vpp, gb, per_run):
+    # torch <= 2.9's looped runtime: each time step ends with its sends and receives, so a rank
+    # waits for its neighbours' steps even when it has its own input. With free sends the engine's
+    # step is the table oracle's, above the dependencies-only oracle of the async runtime.
+    t_f, t_b = 1.0 / vpp, 2.0 / vpp
+    sim = Simulation(_lockstep(pp, vpp, gb, per_run), programs=ConstantPrograms(t_f, t_b),
+                     compute=ConstantCompute())
+    got = sim.run_step(0).step_time_s
+    assert got == pytest.approx(lockstep_makespan(sim.schedule, t_f, t_b, 0.0), rel=1e-12)
+    plain = Simulation(_lockstep(pp, vpp, gb, per_run, "async"), programs=ConstantPrograms(t_f, t_b),
+                       compute=ConstantCompute()).run_step(0).step_time_s
+    oracle = makespan(build_schedule("interleaved", pp, sim.m, vpp, per_run), t_f, t_b)
+    assert got > plain == pytest.approx(oracle, rel=1e-12)
+
+
+@pytest.mark.parametrize("pp,vpp,gb,per_run", [(2, 2, 64, None), (2, 3, 64, None), (2, 2, 128, 2)])
+def test_lockstep_sends_hold_both_ends(pp, vpp, gb, per_run):
+    # 64 MB sends between the two nodes (pp 2: every send crosses InfiniBand, one per link at a
+    # time, so all take the same time); the oracle takes that time from the engine's timeline.
+    t_f, t_b = 1.0 / vpp, 2.0 / vpp
+    sim = Simulation(_lockstep(pp, vpp, gb, per_run),
+                     programs=SendingPrograms(t_f, t_b, 64e6, pp * vpp), compute=ConstantCompute())
+    res = sim.run_step(0)
+    sends = [e - s for tl in res.timeline.timelines for s, e, _l, cat, _p in tl.comm if cat == "pp"]
+    assert len(sends) == 2 * sim.m * (pp * vpp - 1)
+    assert max(sends) == pytest.approx(min(sends), rel=1e-9) and 1e-4 < sends[0] < 0.1
+    assert res.step_time_s == pytest.approx(lockstep_makespan(sim.schedule, t_f, t_b, sends[0]),
+                                            rel=1e-9)
 
 
 class GemmCompute(ConstantCompute):

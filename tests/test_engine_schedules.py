@@ -11,6 +11,8 @@ from simmoe.engine.schedules import (
     build_schedule,
     dualpipe,
     interleaved_1f1b,
+    interleaved_lockstep,
+    lockstep_makespan,
     makespan,
     micro_batch_constraint,
     one_f_one_b,
@@ -209,3 +211,88 @@ def test_runs_must_divide_the_step():
     assert micro_batch_constraint("interleaved", 4, 8) == (8, 8)
     assert micro_batch_constraint("dualpipe", 4, 12) == (12, 12)
     assert micro_batch_constraint("dualpipe", 4) == (8, 2)
+
+
+# ------------------------------------------------------------------ lockstep tables (torch <= 2.9)
+
+
+def test_lockstep_table_p2_v2_m2_by_hand():
+    # Stages s0..s3 on ranks 0, 1, 0, 1. t_f = 0.5, t_b = 1, free sends. Rank 0 runs its four
+    # forwards at steps 0-3 (0.5 each, to 2.0); rank 1 F0 s1 at step 1 and F1 s1 at 2 (each ends
+    # with rank 0's step), F0 s3 at 4 (2.0-2.5), B0 s3 at 5 (to 3.5: rank 0 idles, waiting for its
+    # send), F1 s3 at 6 (to 4.0); step 7: B0 s2 on rank 0 (3.5-4.5) and B1 s3 on rank 1 (4.0-5.0)
+    # swap sends, both end at 5.0; steps 9 and 11 two backwards each (to 7.0); rank 0's B1 s0 at
+    # step 13 ends at 8.0. Dependencies alone (the same orders, no steps) give 7.5.
+    table = interleaved_lockstep(2, 2, 2)
+    assert [[(it.step, repr(it)) for it in items] for items in table] == [
+        [(0, "F0"), (1, "F1"), (2, "F0c1"), (3, "F1c1"), (7, "B0c1"), (9, "B1c1"), (11, "B0"),
+         (13, "B1")],
+        [(1, "F0"), (2, "F1"), (4, "F0c1"), (5, "B0c1"), (6, "F1c1"), (7, "B1c1"), (9, "B0"),
+         (11, "B1")]]
+    assert lockstep_makespan(table, 0.5, 1.0, 0.0) == 8.0
+    assert makespan(table, 0.5, 1.0) == 7.5
+    # Sends of 0.1 s: the exchanges of steps 0, 1, 2, 3, 5, 7, 9 and 11 each hold both ranks
+    # 0.1 s longer (step 4 sends nothing: s3 is the last stage), so 8.0 + 8 x 0.1.
+    assert lockstep_makespan(table, 0.5, 1.0, 0.1) == pytest.approx(8.8, rel=1e-12)
+
+
+def _torch_table(p, v, m):
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    s = object.__new__(schedules.ScheduleInterleaved1F1B)
+    s.pp_group_size, s.n_local_stages, s._n_microbatches = p, v, m
+    s.number_of_rounds = max(1, m // p)
+    s.microbatches_per_round = m // s.number_of_rounds
+    return [s._calculate_single_rank_operations(r) for r in range(p)]
+
+
+@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 3, 4), (4, 8, 8), (4, 2, 16), (8, 4, 8),
+                                   (3, 2, 6), (8, 1, 16)])
+def test_lockstep_table_is_torchs(p, v, m):
+    # torch computes the same table in ScheduleInterleaved1F1B._calculate_single_rank_operations
+    # (unchanged from 2.8 to 2.13; the runtime that walks it changed in 2.10).
+    ref = _torch_table(p, v, m)
+    ours = interleaved_lockstep(p, m, v)
+    for r in range(p):
+        want = [(t, a.stage_index, a.microbatch_index,
+                 "fwd" if a.computation_type.name == "FORWARD" else "bwd")
+                for t, a in enumerate(ref[r]) if a is not None]
+        assert [(it.step, virtual_stage(it, p, r), it.mb, it.phase) for it in ours[r]] == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.integers(2, 6), rounds=st.integers(1, 3), v=st.integers(1, 4),
+       t_f=st.floats(0.1, 2.0), t_b=st.floats(0.1, 4.0), t_send=st.floats(0.0, 0.5))
+def test_lockstep_orders_and_bounds(p, rounds, v, t_f, t_b, t_send):
+    m = p * rounds
+    table = interleaved_lockstep(p, m, v)
+    for r, items in enumerate(table):
+        steps = [it.step for it in items]
+        assert steps == sorted(set(steps))  # one item per time step, in order
+        if m > p and v > 1:  # Megatron's order; m == p differs (torch caps Megatron's warm-up)
+            assert [repr(it) for it in items] == [repr(it) for it in interleaved_1f1b(p, m, v)[r]]
+    # Every item once, forward before backward: the general property test's invariant.
+    for r, items in enumerate(table):
+        seen = set()
+        for it in items:
+            key = (it.mb, virtual_stage(it, p, r), it.phase)
+            assert key not in seen
+            if it.phase == "bwd":
+                assert (it.mb, key[1], "fwd") in seen
+            seen.add(key)
+        assert len(seen) == 2 * m * v
+    # The barriers only add waits: never faster than the same orders with dependencies alone,
+    # and sends only add time.
+    free = lockstep_makespan(table, t_f, t_b, 0.0)
+    assert free >= makespan(table, t_f, t_b) - 1e-9
+    assert lockstep_makespan(table, t_f, t_b, t_send) >= free - 1e-9
+
+
+def test_lockstep_runs_follow_in_time_steps():
+    one = interleaved_lockstep(2, 2, 2)
+    two = build_schedule("interleaved", 2, 4, 2, per_run=2, lockstep=True)
+    length = 1 + max(it.step for items in one for it in items)
+    assert [[it.step for it in items] for items in two] == \
+        [[it.step for it in items] + [it.step + length for it in items] for items in one]
+    assert lockstep_makespan(two, 0.5, 1.0, 0.0) == 2 * lockstep_makespan(one, 0.5, 1.0, 0.0)
+    with pytest.raises(InputError, match="pipeline_p2p"):
+        build_schedule("1f1b", 2, 4, lockstep=True)

@@ -186,6 +186,11 @@ def check_parallelism(s: Scenario) -> list[Problem]:
         out.append(Problem("parallelism.vpp", p.vpp,
                            f"the interleaved schedule needs vpp >= 2 and pp >= 2 (pp={p.pp})",
                            "vpp >= 2 with pp >= 2, or schedule 1f1b"))
+    if p.pipeline_p2p == "lockstep" and p.schedule != "interleaved":
+        out.append(Problem("parallelism.pipeline_p2p", p.pipeline_p2p,
+                           "lockstep pipeline sends model torch's looped runtime "
+                           "(PipelineScheduleMulti), which runs the interleaved schedule",
+                           "async, or parallelism.schedule: interleaved"))
     if p.vpp > 1 and p.schedule != "interleaved":
         out.append(Problem("parallelism.schedule", p.schedule,
                            f"virtual stages (vpp={p.vpp}) run only under the interleaved schedule",

@@ -203,6 +203,13 @@ class Parallelism(_Section):
     # and drained on its own: torch.distributed.pipelining under gradient accumulation (NeMo
     # Automodel, torchtitan: one schedule step() per local batch). docs/engine.md.
     schedule_micro_batches: PosInt | None = None
+    # How pipeline sends meet the compute. async: each output is sent as soon as it is computed and
+    # a rank waits only for the inputs it needs (Megatron's overlapped p2p, torch >= 2.10's
+    # runtime). lockstep: torch.distributed.pipelining's looped schedules up to torch 2.9
+    # (PipelineScheduleMulti: NeMo Automodel 2025, torchtitan) end every time step of their table
+    # with one batched send/recv that the rank's next step waits for (interleaved only).
+    # docs/engine.md.
+    pipeline_p2p: Literal["async", "lockstep"] = "async"
 
     @property
     def model_parallel_size(self) -> int:

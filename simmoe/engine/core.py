@@ -333,6 +333,16 @@ class StepEngine:
         self.stages = pp * vpp
         self.timelines = [RankTimeline() for _ in ranks]
         self._signals: dict[tuple, simpy.Event] = {}
+        # Lockstep tables (items carry their time step; parallelism.pipeline_p2p: lockstep).
+        self._lock_steps = 1 + max((it.step for items in schedule for it in items
+                                    if it.step is not None), default=-1)
+        self._lock_in: dict[tuple[int, int], list] = {}  # (pp rank, step) -> sends it receives
+        if self._lock_steps:
+            for rank, items in enumerate(schedule):
+                for it in items:
+                    sent = self._send_of(rank, it)
+                    if sent is not None:
+                        self._lock_in.setdefault((sent[1], it.step), []).append(sent[0])
         self._rendezvous: dict[Hashable, list] = {}
         self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
@@ -373,7 +383,54 @@ class StepEngine:
         return ev
 
     # ------------------------------------------------------------------ processes
+    def _send_of(self, pp_rank: int, it: Item) -> tuple[tuple, int] | None:
+        """(signal key without the pipeline index, receiving pp rank) of the pipeline send an item
+        ends with; None when its output stays on the rank or leaves the pipeline."""
+        v = virtual_stage(it, self.pp, pp_rank)
+        to = v + 1 if it.phase == "fwd" else v - 1 if it.phase == "bwd" else -1
+        if not 0 <= to < self.stages or it.reverse:
+            return None
+        dst = to % self.pp
+        return ((it.phase, it.mb, to), dst) if dst != pp_rank else None
+
+    def _rank_lockstep(self, r: SimRank):
+        """A rank walking a lockstep table: at each time step its item (if any), then every send
+        and receive of the step, each started when both ends have run their step's item; the next
+        step waits for all of them (torch's PipelineScheduleMulti, docs/engine.md)."""
+        q, me = r.pipeline, r.pp_rank
+
+        def reached(rank: int, t: int) -> simpy.Event:  # the rank has run its item of step t
+            return self._signal(("step", q, rank, t))
+
+        def barrier(t: int, own):
+            keys = self._lock_in.get((me, t), []) + ([own] if own is not None else [])
+            waits = [self._signal((k[0], q) + k[1:]) for k in keys]
+            waits = [w for w in waits if not w.processed]
+            if waits:
+                yield self.env.all_of(waits)
+
+        done = -1
+        for it in self.schedule[me] + [None]:
+            t = self._lock_steps if it is None else it.step
+            for idle in range(done + 1, t):  # nothing to run: post the step's receives at once
+                reached(me, idle).succeed()
+                yield from barrier(idle, None)
+            if it is None:
+                break
+            wait = self._input(r, it)
+            if wait is not None and not wait.processed:
+                yield wait
+            sent = self._send_of(me, it)
+            yield from self._item(r, it, None, None if sent is None else reached(sent[1], t))
+            reached(me, t).succeed()
+            yield from barrier(t, None if sent is None else sent[0])
+            done = t
+
     def _rank(self, r: SimRank):
+        if self._lock_steps:
+            yield from self._rank_lockstep(r)
+            yield from self._finish_rank(r)
+            return
         gpu = None
         for slot in slots(self.schedule[r.pp_rank]):
             if len(slot) == 1:
@@ -393,6 +450,10 @@ class StepEngine:
                 yield self.env.all_of([self.env.process(self._item(r, it, gpu, computed))
                                        for it in slot])
                 computed.succeed()
+        yield from self._finish_rank(r)
+
+    def _finish_rank(self, r: SimRank):
+        """After the rank's last item: its collectives done, then the once-per-step program."""
         pending = [e for e in self._outstanding[r.index] if not e.processed]
         if pending:
             yield self.env.all_of(pending)

@@ -200,7 +200,8 @@ class Simulation:
             raise InputError("fewer sequences per step than micro_batch * dp", field="training.global_batch",
                              value=scenario.training.global_batch,
                              allowed=f">= micro_batch * dp = {scenario.training.micro_batch * par.dp}")
-        self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches)
+        self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
+                                       lockstep=par.pipeline_p2p == "lockstep")
         # Micro-batches each (pp rank, virtual stage) runs: all m, or under DualPipe the half that
         # enters from the end the rank's copy of the stage serves. All-to-all link loads are built
         # for those only.

@@ -22,6 +22,12 @@ interleaving), so with ``v = 1`` chunk 0 is simply stage ``r``.
   the other's compute; then the cool-down backwards with the deferred weight gradients filling the
   bubbles. Needs p even and m even with m >= 2p (as the reference). With op times F, B (input
   gradient), W (weight gradient) and free communication the bubble is (p/2 - 1)(F&B + B - 3W).
+- ``interleaved_lockstep(p, m, v)``: the same interleaving as torch.distributed.pipelining's
+  ScheduleInterleaved1F1B up to torch 2.9 (a PipelineScheduleMulti) tabulates it, one action per
+  time step with idle steps where a rank waits, and each item carries its time ``step``. That
+  runtime ends every time step with one batched send/recv that the next step waits for
+  (``parallelism.pipeline_p2p: lockstep``, docs/engine.md). Its warm-up is Megatron's but capped
+  at m v forwards, which differs from Megatron's all-forwards-first when m == p.
 - Runs (``build_schedule(..., per_run=k)``, ``parallelism.schedule_micro_batches``): the step's m
   micro-batches as m/k schedules of k back to back, each filled and drained, as
   torch.distributed.pipelining runs gradient accumulation (one ``step()`` per local batch).
@@ -51,6 +57,7 @@ class Item:
     overlap: bool = False  # runs together with the previous item of this rank (a paired slot)
     defer_w: bool = False  # backward of the input gradient only; its weight gradient is a later wgt
     reverse: bool = False  # DualPipe's reversed pipeline (fed from rank p-1): stage p-1-rank
+    step: int | None = None  # time step in a lockstep table (interleaved_lockstep); else None
 
     def __repr__(self) -> str:  # compact: F3, B0c1, +F4, b2 (input gradient only), W2, F9r
         c = f"c{self.chunk}" if self.chunk else ""
@@ -125,6 +132,91 @@ def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
         items += [Item(*_interleaved_ids(k, p, v, False), "bwd") for k in range(total - warm, total)]
         out.append(items)
     return out
+
+
+def interleaved_lockstep(p: int, m: int, v: int) -> list[list[Item]]:
+    """torch.distributed.pipelining's interleaved 1F1B table (PipelineScheduleMulti, torch <= 2.9):
+    per rank the items in order, each with the time ``step`` it runs at.
+
+    Rank r idles r steps, runs ``w = min((v - 1) p + 2 (p - 1 - r), m v)`` warm-up forwards, idles
+    until step v p + 2 (p - 1 - r) - 1 (its first backward's input arrives then with unit op times
+    and free sends), alternates a forward and a backward, then runs the remaining w backwards one
+    every other step (an idle step before each, keeping the steps aligned with the ranks still in
+    1F1B). A rank's k-th forward runs chunk (k // p) % v, its k-th backward chunk
+    v - 1 - (k // p) % v (k from 0); micro-batches run in order on each chunk. Needs m a multiple
+    of p (as :func:`interleaved_1f1b`)."""
+    _check(p, m)
+    if not isinstance(v, int) or v < 1:
+        raise InputError("virtual stages per rank must be a positive integer",
+                         field="parallelism.vpp", value=v, allowed="1, 2, 3, ...")
+    if m % p:
+        raise InputError(f"the interleaved schedule needs the micro-batches per step ({m}) to be "
+                         f"a multiple of parallelism.pp={p}", field="training.global_batch",
+                         value=m, allowed=f"global_batch / (micro_batch * dp) a multiple of {p}")
+    total = m * v
+    out = []
+    for r in range(p):
+        warm = min((v - 1) * p + 2 * (p - 1 - r), total)
+        next_f, next_b = [0] * v, [0] * v
+        items: list[Item] = []
+        t = r
+
+        def add(k: int, forward: bool) -> None:
+            nonlocal t
+            if forward:
+                chunk = (k // p) % v
+                mb, next_f[chunk] = next_f[chunk], next_f[chunk] + 1
+            else:
+                chunk = v - 1 - ((k - warm) // p) % v
+                mb, next_b[chunk] = next_b[chunk], next_b[chunk] + 1
+            items.append(Item(mb, chunk, "fwd" if forward else "bwd", step=t))
+            t += 1
+
+        for k in range(total + warm):
+            if k < warm:
+                add(k, True)
+                if k == warm - 1:
+                    t += max(0, v * p + 2 * (p - 1 - r) - (warm + r))
+            elif k < total:
+                add(k, True)
+                add(k, False)
+            else:
+                t += 1
+                add(k, False)
+        out.append(items)
+    return out
+
+
+def lockstep_makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float,
+                      t_send: float) -> float:
+    """Step time of a lockstep table (:func:`interleaved_lockstep`) with constant op times and
+    sends of ``t_send`` seconds (a pure oracle). At each time step every rank runs its item, then
+    its sends and receives of that step: each one starts when both ends have run their step's item
+    and takes ``t_send``; the rank's next step starts when all of them are done."""
+    p = len(schedule)
+    v = 1 + max(it.chunk for items in schedule for it in items)
+    stages = p * v
+    by_step = [{it.step: it for it in items} for items in schedule]
+    steps = 1 + max(it.step for items in schedule for it in items)
+    end = [0.0] * p
+    for t in range(steps):
+        computed = []
+        for r in range(p):
+            it = by_step[r].get(t)
+            computed.append(end[r] + (0.0 if it is None else t_fwd if it.phase == "fwd" else t_bwd))
+        new = list(computed)
+        for r in range(p):
+            it = by_step[r].get(t)
+            if it is None:
+                continue
+            s = virtual_stage(it, p, r)
+            to = s + 1 if it.phase == "fwd" else s - 1
+            if 0 <= to < stages and stage_rank(to, p, False) != r:
+                q = stage_rank(to, p, False)
+                done = max(computed[r], computed[q]) + t_send
+                new[r], new[q] = max(new[r], done), max(new[q], done)
+        end = new
+    return max(end)
 
 
 def micro_batch_constraint(schedule: str, pp: int, per_run: int | None = None) -> tuple[int, int]:
@@ -233,23 +325,36 @@ def dualpipe(p: int, m: int) -> list[list[Item]]:
     return out
 
 
-def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = None) -> list[list[Item]]:
+def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = None,
+                   lockstep: bool = False) -> list[list[Item]]:
     """The schedule named by ``parallelism.schedule``. ``per_run``
     (``parallelism.schedule_micro_batches``): the step's ``m`` micro-batches run as ``m / per_run``
     schedules of ``per_run`` micro-batches back to back, each with its own fill and drain (run j
-    holds micro-batches j*per_run ..); None or >= m: one run."""
+    holds micro-batches j*per_run ..); None or >= m: one run. ``lockstep``
+    (``parallelism.pipeline_p2p: lockstep``): torch's time-step table of the interleaved schedule
+    (:func:`interleaved_lockstep`), runs following each other in time steps too."""
     if per_run is None or per_run >= m:
-        return _one_run(name, p, m, v)
+        return _one_run(name, p, m, v, lockstep)
     if not isinstance(per_run, int) or per_run < 1 or m % per_run:
         raise InputError(f"the micro-batches per step ({m}) are not a whole number of schedule runs",
                          field="parallelism.schedule_micro_batches", value=per_run,
                          allowed=f"a divisor of {m} (global_batch / (micro_batch * dp)), or null")
-    run = _one_run(name, p, per_run, v)
-    return [[replace(it, mb=it.mb + j * per_run) for j in range(m // per_run) for it in items]
+    run = _one_run(name, p, per_run, v, lockstep)
+    steps = 1 + max((it.step for items in run for it in items if it.step is not None), default=-1)
+    return [[replace(it, mb=it.mb + j * per_run,
+                     step=None if it.step is None else it.step + j * steps)
+             for j in range(m // per_run) for it in items]
             for items in run]
 
 
-def _one_run(name: str, p: int, m: int, v: int) -> list[list[Item]]:
+def _one_run(name: str, p: int, m: int, v: int, lockstep: bool = False) -> list[list[Item]]:
+    if lockstep:
+        if name != "interleaved":
+            raise InputError("lockstep pipeline sends are torch.distributed.pipelining's looped "
+                             "runtime (PipelineScheduleMulti): the interleaved schedule only",
+                             field="parallelism.pipeline_p2p", value="lockstep",
+                             allowed="async, or parallelism.schedule: interleaved")
+        return interleaved_lockstep(p, m, v)
     if name == "1f1b":
         if v != 1:
             raise InputError("1f1b runs one model chunk per rank", field="parallelism.vpp", value=v,
