@@ -109,18 +109,23 @@ def _interleaved_ids(k: int, p: int, v: int, forward: bool) -> tuple[int, int]:
     return group * p + k % p, chunk
 
 
-def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
-    """Megatron's interleaved 1F1B with ``v`` chunks per rank (``v = 1`` gives 1F1B)."""
+def _check_interleaved(p: int, m: int, v: int, multiple: bool = True) -> None:
+    """p, m and v of an interleaved schedule; with ``multiple``, m a multiple of p."""
     _check(p, m)
     if not isinstance(v, int) or v < 1:
         raise InputError("virtual stages per rank must be a positive integer",
                          field="parallelism.vpp", value=v, allowed="1, 2, 3, ...")
-    if v == 1:
-        return one_f_one_b(p, m)
-    if m % p:
+    if multiple and m % p:
         raise InputError(f"the interleaved schedule needs the micro-batches per step ({m}) to be "
                          f"a multiple of parallelism.pp={p}", field="training.global_batch",
                          value=m, allowed=f"global_batch / (micro_batch * dp) a multiple of {p}")
+
+
+def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
+    """Megatron's interleaved 1F1B with ``v`` chunks per rank (``v = 1`` gives 1F1B)."""
+    _check_interleaved(p, m, v, multiple=v > 1)
+    if v == 1:
+        return one_f_one_b(p, m)
     total = m * v
     out = []
     for r in range(p):
@@ -145,14 +150,7 @@ def interleaved_lockstep(p: int, m: int, v: int) -> list[list[Item]]:
     1F1B). A rank's k-th forward runs chunk (k // p) % v, its k-th backward chunk
     v - 1 - (k // p) % v (k from 0); micro-batches run in order on each chunk. Needs m a multiple
     of p (as :func:`interleaved_1f1b`)."""
-    _check(p, m)
-    if not isinstance(v, int) or v < 1:
-        raise InputError("virtual stages per rank must be a positive integer",
-                         field="parallelism.vpp", value=v, allowed="1, 2, 3, ...")
-    if m % p:
-        raise InputError(f"the interleaved schedule needs the micro-batches per step ({m}) to be "
-                         f"a multiple of parallelism.pp={p}", field="training.global_batch",
-                         value=m, allowed=f"global_batch / (micro_batch * dp) a multiple of {p}")
+    _check_interleaved(p, m, v)
     total = m * v
     out = []
     for r in range(p):
