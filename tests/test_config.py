@@ -283,12 +283,12 @@ def test_dualpipe_runs_need_enough_micro_batches(tmp_path, topo):
            "an even divisor of 8 that is at least 4, or null")
 
 
-def test_lockstep_pipeline_sends_need_the_interleaved_schedule(tmp_path, topo):
-    path = write(tmp_path, "s.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "lockstep"}))
-    expect(path, "s.yaml", "parallelism.pipeline_p2p='lockstep'", "PipelineScheduleMulti",
-           "async, or parallelism.schedule: interleaved")
-    path = write(tmp_path, "t.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "eager"}))
-    expect(path, "parallelism.pipeline_p2p", "async", "lockstep")
+def test_blocking_pipeline_sends_need_a_modelled_runtime(tmp_path, topo):
+    path = write(tmp_path, "s.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "blocking"}))
+    expect(path, "s.yaml", "parallelism.pipeline_p2p='blocking'", "PipelineScheduleMulti",
+           "async, or parallelism.schedule: interleaved or dualpipe")
+    path = write(tmp_path, "t.yaml", variant(parallelism={"pp": 2, "pipeline_p2p": "lockstep"}))
+    expect(path, "parallelism.pipeline_p2p", "async", "blocking")
 
 
 def test_top_k_above_experts(tmp_path, topo):

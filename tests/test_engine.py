@@ -8,7 +8,7 @@ import pytest
 from simmoe.config.loader import load_default_scenario
 from simmoe.engine.program import compile_program
 from simmoe.engine.runner import Simulation, _interval_union, _measure, _overlap
-from simmoe.engine.schedules import build_schedule, lockstep_makespan, makespan
+from simmoe.engine.schedules import build_plan, build_schedule, lockstep_makespan, makespan, plan_makespan
 from simmoe.workload.ops import CollectiveOp, GemmOp, MemoryOp
 
 # A small MoE on the default 2 x DGX H100 cluster: 4 layers, 4 micro-batches per pipeline.
@@ -100,7 +100,7 @@ class SendingPrograms(ConstantPrograms):
             [MemoryOp(f"b{v}", None, "bwd", bytes_moved=self.t_b)] + (send("bwd") if v > 0 else [])
 
 
-def _lockstep(pp, vpp, gb, per_run, mode="lockstep"):
+def _lockstep(pp, vpp, gb, per_run, mode="blocking"):
     return load_default_scenario(
         ["model.layers=24", "parallelism.ep=4", f"parallelism.pp={pp}", f"parallelism.vpp={vpp}",
          "parallelism.schedule=interleaved", f"training.global_batch={gb}",
@@ -138,6 +138,31 @@ def test_lockstep_sends_hold_both_ends(pp, vpp, gb, per_run):
     assert max(sends) == pytest.approx(min(sends), rel=1e-9) and 1e-4 < sends[0] < 0.1
     assert res.step_time_s == pytest.approx(lockstep_makespan(sim.schedule, t_f, t_b, sends[0]),
                                             rel=1e-9)
+
+
+@pytest.mark.parametrize("pp,gb,per_run", [(2, 256, None), (4, 128, None), (4, 256, 8)])
+def test_dualpipe_blocking_sends_match_the_plan_oracle(pp, gb, per_run):
+    # DualPipe's reference commits: free sends cost nothing (the async step, by the oracle); with
+    # 64 MB sends (pp 2: all over InfiniBand) the step lies between the plan oracle at the fastest
+    # and at the slowest send the engine timed (two sends of one commit may share a link).
+    over = ["parallelism.ep=4", f"parallelism.pp={pp}", "parallelism.schedule=dualpipe",
+            f"training.global_batch={gb}", "parallelism.pipeline_p2p=blocking"] + \
+        ([f"parallelism.schedule_micro_batches={per_run}"] if per_run else [])
+    sc = load_default_scenario(over)
+    sim = Simulation(sc, programs=SplitPrograms(1.0, 2.0, 0.5), compute=GemmCompute())
+    sched, plan = sim.schedule, build_plan("dualpipe", pp, sim.m, 1, per_run)
+    got = sim.run_step(0).step_time_s
+    assert got == pytest.approx(plan_makespan(sched, plan, 1.0, 2.5, 0.5), rel=1e-12)
+    assert got == pytest.approx(makespan(sched, 1.0, 2.5, 0.5), rel=1e-12)
+    if pp != 2:
+        return
+    sim = Simulation(sc, programs=SendingPrograms(1.0, 2.0, 64e6, pp), compute=ConstantCompute())
+    res = sim.run_step(0)
+    sends = [e - s for tl in res.timeline.timelines for s, e, _l, cat, _p in tl.comm if cat == "pp"]
+    assert len(sends) == 2 * sim.m * (pp - 1)
+    low = plan_makespan(sched, plan, 1.0, 2.0, 0.0, min(sends))
+    high = plan_makespan(sched, plan, 1.0, 2.0, 0.0, max(sends))
+    assert makespan(sched, 1.0, 2.0) < low <= res.step_time_s + 1e-9 and res.step_time_s <= high + 1e-9
 
 
 class GemmCompute(ConstantCompute):

@@ -11,8 +11,13 @@ from simmoe.engine.schedules import (
     build_schedule,
     dualpipe,
     interleaved_1f1b,
+    build_plan,
+    dualpipe_plan,
     interleaved_lockstep,
     lockstep_makespan,
+    lockstep_plan,
+    plan_makespan,
+    stage_rank,
     makespan,
     micro_batch_constraint,
     one_f_one_b,
@@ -296,3 +301,64 @@ def test_lockstep_runs_follow_in_time_steps():
     assert lockstep_makespan(two, 0.5, 1.0, 0.0) == 2 * lockstep_makespan(one, 0.5, 1.0, 0.0)
     with pytest.raises(InputError, match="pipeline_p2p"):
         build_schedule("1f1b", 2, 4, lockstep=True)
+
+
+# ------------------------------------------------------------------ blocking plans
+
+
+def test_dualpipe_plan_p2_m4_rank0_by_hand():
+    # deepseek-ai/DualPipe's reference on rank 0 of 2 (h = 0, a middle rank; micro-batches 0-1
+    # enter here, 2-3 at rank 1): step 2 runs F0 with nothing to commit, queues its output, then
+    # posts the receive of F2 (the reversed pipeline's micro-batch 0, stage 1 here) and commits it
+    # with the queued send before computing F2 (not sent: rank 0 is its last stage). Step 4, first
+    # pair unpaired on a middle rank: F1 (nothing queued), B2 (last stage: no receive), then F1's
+    # and B2's outputs go with the receives of F3 and B0 before the pair (F3, B0).
+    plan = dualpipe_plan(2, 4)[0]
+    assert plan[:6] == [("slot", 0), ("commit", (("fwd", 0, 1),), (("fwd", 2, 1),)), ("slot", 1),
+                        ("slot", 2), ("slot", 3),
+                        ("commit", (("fwd", 1, 1), ("bwd", 2, 0)), (("fwd", 3, 1), ("bwd", 0, 0)))]
+    assert [repr(it) for it in dualpipe(2, 4)[0][:5]] == ["F0", "F2r", "F1", "B2r", "F3r"]
+
+
+def _matched(plan, rank_of_stage):
+    """Every send is some rank's receive, posted in the same order per pair of ranks (as NCCL
+    matches point-to-point operations)."""
+    sends, recvs = {}, {}
+    for r, entries in enumerate(plan):
+        for e in entries:
+            if e[0] != "commit":
+                continue
+            for key in e[1]:
+                sends.setdefault((r, rank_of_stage(key, key[2])), []).append(key)
+            for key in e[2]:
+                assert rank_of_stage(key, key[2]) == r
+                frm = rank_of_stage(key, key[2] - 1 if key[0] == "fwd" else key[2] + 1)
+                recvs.setdefault((frm, r), []).append(key)
+    assert sends == recvs
+    return sum(len(v) for v in sends.values())
+
+
+@pytest.mark.parametrize("p,m", [(2, 4), (4, 8), (4, 12), (8, 16), (16, 40)])
+def test_dualpipe_plan_matches_sends_and_receives(p, m):
+    n = m // 2
+    # Each micro-batch crosses p - 1 rank boundaries forward and as many backward.
+    assert _matched(dualpipe_plan(p, m), lambda k, s: stage_rank(s, p, k[1] >= n)) == 2 * m * (p - 1)
+
+
+@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (4, 8, 8), (8, 4, 8), (4, 2, 16)])
+def test_lockstep_plan_matches_sends_and_receives(p, v, m):
+    plan = lockstep_plan(interleaved_lockstep(p, m, v))
+    assert _matched(plan, lambda k, s: s % p) == 2 * m * (p * v - 1)
+
+
+@pytest.mark.parametrize("p,m,per_run", [(2, 4, None), (4, 8, None), (4, 16, 8), (8, 16, None)])
+def test_dualpipe_reference_commits_cost_nothing_without_sends(p, m, per_run):
+    # The reference pairs its sends and receives so that, with free sends and constant op times,
+    # waiting at each commit never delays a rank: the step is the dependencies-only oracle's.
+    sched = build_schedule("dualpipe", p, m, per_run=per_run)
+    plan = build_plan("dualpipe", p, m, per_run=per_run)
+    for t_w in (0.0, 0.5):
+        assert plan_makespan(sched, plan, 1.0, 2.5, t_w) == pytest.approx(makespan(sched, 1.0, 2.5, t_w))
+    assert plan_makespan(sched, plan, 1.0, 2.5, 0.5, 0.1) > makespan(sched, 1.0, 2.5, 0.5)
+    with pytest.raises(InputError, match="pipeline_p2p"):
+        build_plan("1f1b", p, m)

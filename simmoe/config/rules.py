@@ -186,11 +186,11 @@ def check_parallelism(s: Scenario) -> list[Problem]:
         out.append(Problem("parallelism.vpp", p.vpp,
                            f"the interleaved schedule needs vpp >= 2 and pp >= 2 (pp={p.pp})",
                            "vpp >= 2 with pp >= 2, or schedule 1f1b"))
-    if p.pipeline_p2p == "lockstep" and p.schedule != "interleaved":
+    if p.pipeline_p2p == "blocking" and p.schedule not in ("interleaved", "dualpipe"):
         out.append(Problem("parallelism.pipeline_p2p", p.pipeline_p2p,
-                           "lockstep pipeline sends model torch's looped runtime "
-                           "(PipelineScheduleMulti), which runs the interleaved schedule",
-                           "async, or parallelism.schedule: interleaved"))
+                           "blocking pipeline sends are modelled for torch's looped runtime "
+                           "(PipelineScheduleMulti: interleaved) and DualPipe's reference",
+                           "async, or parallelism.schedule: interleaved or dualpipe"))
     if p.vpp > 1 and p.schedule != "interleaved":
         out.append(Problem("parallelism.schedule", p.schedule,
                            f"virtual stages (vpp={p.vpp}) run only under the interleaved schedule",

@@ -205,11 +205,12 @@ class Parallelism(_Section):
     schedule_micro_batches: PosInt | None = None
     # How pipeline sends meet the compute. async: each output is sent as soon as it is computed and
     # a rank waits only for the inputs it needs (Megatron's overlapped p2p, torch >= 2.10's
-    # runtime). lockstep: torch.distributed.pipelining's looped schedules up to torch 2.9
-    # (PipelineScheduleMulti: NeMo Automodel 2025, torchtitan) end every time step of their table
-    # with one batched send/recv that the rank's next step waits for (interleaved only).
-    # docs/engine.md.
-    pipeline_p2p: Literal["async", "lockstep"] = "async"
+    # runtime). blocking: a rank's sends and receives go in batches it waits for before going on,
+    # each send starting when the receiver has posted its receive: torch.distributed.pipelining's
+    # looped schedules up to torch 2.9 (PipelineScheduleMulti: NeMo Automodel 2025, torchtitan; a
+    # batch at the end of each time step of its table) and deepseek-ai/DualPipe's reference (a
+    # batch before each chunk). Interleaved and dualpipe only. docs/engine.md.
+    pipeline_p2p: Literal["async", "blocking"] = "async"
 
     @property
     def model_parallel_size(self) -> int:

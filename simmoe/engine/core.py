@@ -39,7 +39,7 @@ import simpy
 from simpy.events import URGENT, Event, Timeout
 
 from simmoe.engine.program import Program
-from simmoe.engine.schedules import Item, slots, virtual_stage
+from simmoe.engine.schedules import Item, send_key, slots, virtual_stage
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,7 @@ class StepEngine:
     def __init__(self, env: simpy.Environment, network, ranks: list[SimRank],
                  schedule: list[list[Item]], programs: dict[tuple[int, str], Program],
                  step_programs: dict[int, Program] | None, resolver: Resolver, *, pp: int,
-                 vpp: int = 1) -> None:
+                 vpp: int = 1, p2p_plan: list[list[tuple]] | None = None) -> None:
         self.env = env
         self.network = network
         self.ranks = ranks
@@ -333,16 +333,9 @@ class StepEngine:
         self.stages = pp * vpp
         self.timelines = [RankTimeline() for _ in ranks]
         self._signals: dict[tuple, simpy.Event] = {}
-        # Lockstep tables (items carry their time step; parallelism.pipeline_p2p: lockstep).
-        self._lock_steps = 1 + max((it.step for items in schedule for it in items
-                                    if it.step is not None), default=-1)
-        self._lock_in: dict[tuple[int, int], list] = {}  # (pp rank, step) -> sends it receives
-        if self._lock_steps:
-            for rank, items in enumerate(schedule):
-                for it in items:
-                    sent = self._send_of(rank, it)
-                    if sent is not None:
-                        self._lock_in.setdefault((sent[1], it.step), []).append(sent[0])
+        # Blocking pipeline sends (parallelism.pipeline_p2p: blocking): per pp rank its slots and
+        # commits in order (simmoe.engine.schedules.build_plan); None: sends go as computed.
+        self.plan = p2p_plan
         self._rendezvous: dict[Hashable, list] = {}
         self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
@@ -383,52 +376,47 @@ class StepEngine:
         return ev
 
     # ------------------------------------------------------------------ processes
-    def _send_of(self, pp_rank: int, it: Item) -> tuple[tuple, int] | None:
-        """(signal key without the pipeline index, receiving pp rank) of the pipeline send an item
-        ends with; None when its output stays on the rank or leaves the pipeline."""
-        v = virtual_stage(it, self.pp, pp_rank)
-        to = v + 1 if it.phase == "fwd" else v - 1 if it.phase == "bwd" else -1
-        if not 0 <= to < self.stages or it.reverse:
-            return None
-        dst = to % self.pp
-        return ((it.phase, it.mb, to), dst) if dst != pp_rank else None
-
-    def _rank_lockstep(self, r: SimRank):
-        """A rank walking a lockstep table: at each time step its item (if any), then every send
-        and receive of the step, each started when both ends have run their step's item; the next
-        step waits for all of them (torch's PipelineScheduleMulti, docs/engine.md)."""
+    def _rank_blocking(self, r: SimRank):
+        """A rank walking its blocking plan: slots as usual, but an output leaves only at the
+        rank's next commit, when the receiver has posted the matching receive at one of its own;
+        a commit waits until every send and receive in it is done (docs/engine.md)."""
         q, me = r.pipeline, r.pp_rank
+        env, signal = self.env, self._signal
+        rank_slots = slots(self.schedule[me])
+        gpu = None
 
-        def reached(rank: int, t: int) -> simpy.Event:  # the rank has run its item of step t
-            return self._signal(("step", q, rank, t))
+        def gate(it: Item):  # a send starts when both ends have committed it
+            key = send_key(it, self.pp, me, self.stages)
+            if key is None:
+                return None
+            return env.all_of([signal(("send_posted", q) + key), signal(("recv_posted", q) + key)])
 
-        def barrier(t: int, own):
-            keys = self._lock_in.get((me, t), []) + ([own] if own is not None else [])
-            waits = [self._signal((k[0], q) + k[1:]) for k in keys]
-            waits = [w for w in waits if not w.processed]
+        for entry in self.plan[me]:
+            if entry[0] == "commit":
+                _, sends, recvs = entry
+                for key in sends:
+                    signal(("send_posted", q) + key).succeed()
+                for key in recvs:
+                    signal(("recv_posted", q) + key).succeed()
+                waits = [w for w in (signal((k[0], q) + k[1:]) for k in sends + recvs)
+                         if not w.processed]
+                if waits:
+                    yield env.all_of(waits)
+                continue
+            slot = rank_slots[entry[1]]
+            waits = [w for w in (self._input(r, it) for it in slot) if w is not None and not w.processed]
             if waits:
-                yield self.env.all_of(waits)
-
-        done = -1
-        for it in self.schedule[me] + [None]:
-            t = self._lock_steps if it is None else it.step
-            for idle in range(done + 1, t):  # nothing to run: post the step's receives at once
-                reached(me, idle).succeed()
-                yield from barrier(idle, None)
-            if it is None:
-                break
-            wait = self._input(r, it)
-            if wait is not None and not wait.processed:
-                yield wait
-            sent = self._send_of(me, it)
-            yield from self._item(r, it, None, None if sent is None else reached(sent[1], t))
-            reached(me, t).succeed()
-            yield from barrier(t, None if sent is None else sent[0])
-            done = t
+                yield env.all_of(waits)
+            if len(slot) == 1:
+                yield from self._item(r, slot[0], None, gate(slot[0]))
+            else:
+                if gpu is None:
+                    gpu = _Stream(env)
+                yield env.all_of([env.process(self._item(r, it, gpu, gate(it))) for it in slot])
 
     def _rank(self, r: SimRank):
-        if self._lock_steps:
-            yield from self._rank_lockstep(r)
+        if self.plan is not None:
+            yield from self._rank_blocking(r)
             yield from self._finish_rank(r)
             return
         gpu = None

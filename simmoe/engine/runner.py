@@ -26,7 +26,7 @@ from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
 from simmoe.engine.core import CommRequest, EngineEnvironment, SimRank, StepEngine, StepTimeline
 from simmoe.engine.moe_comm import moe_alltoall
 from simmoe.engine.program import Program, compile_program, weight_gradient_ops
-from simmoe.engine.schedules import build_schedule, stage_rank, virtual_stage
+from simmoe.engine.schedules import build_plan, build_schedule, stage_rank, virtual_stage
 from simmoe.errors import InputError
 from simmoe.network import collectives as coll
 from simmoe.network.coflow import AnalyticalSimNetwork, CoflowFabric, CoflowNetwork, ReplicaSimNetwork
@@ -200,8 +200,12 @@ class Simulation:
             raise InputError("fewer sequences per step than micro_batch * dp", field="training.global_batch",
                              value=scenario.training.global_batch,
                              allowed=f">= micro_batch * dp = {scenario.training.micro_batch * par.dp}")
+        blocking = par.pipeline_p2p == "blocking"
         self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
-                                       lockstep=par.pipeline_p2p == "lockstep")
+                                       lockstep=blocking and par.schedule == "interleaved")
+        # Blocking pipeline sends: each rank's slots and commits in order (docs/engine.md).
+        self.p2p_plan = build_plan(par.schedule, par.pp, self.m, par.vpp,
+                                   par.schedule_micro_batches) if blocking else None
         # Micro-batches each (pp rank, virtual stage) runs: all m, or under DualPipe the half that
         # enters from the end the rank's copy of the stage serves. All-to-all link loads are built
         # for those only.
@@ -813,7 +817,7 @@ class Simulation:
         if self.fidelity == "flow" and not self.coflow:
             self._static_coll.clear()  # collectives carry engine names registered per network
         engine = StepEngine(env, self.network, self.ranks, self.schedule, self.programs,
-                            self.step_programs, self, pp=self.pp, vpp=self.vpp)
+                            self.step_programs, self, pp=self.pp, vpp=self.vpp, p2p_plan=self.p2p_plan)
         timeline = engine.run()
         finish = [t.finish_s for t in timeline.timelines]
         return StepResult(step, timeline, self.stats, int(np.argmax(finish)))

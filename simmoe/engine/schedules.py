@@ -26,8 +26,12 @@ interleaving), so with ``v = 1`` chunk 0 is simply stage ``r``.
   ScheduleInterleaved1F1B up to torch 2.9 (a PipelineScheduleMulti) tabulates it, one action per
   time step with idle steps where a rank waits, and each item carries its time ``step``. That
   runtime ends every time step with one batched send/recv that the next step waits for
-  (``parallelism.pipeline_p2p: lockstep``, docs/engine.md). Its warm-up is Megatron's but capped
+  (``parallelism.pipeline_p2p: blocking``, docs/engine.md). Its warm-up is Megatron's but capped
   at m v forwards, which differs from Megatron's all-forwards-first when m == p.
+- Blocking plans (``build_plan``; ``parallelism.pipeline_p2p: blocking``): per rank its slots and
+  the commits between them, each a batch of sends and receives the rank waits for; the torch
+  table's (``lockstep_plan``) and DualPipe's reference's (``dualpipe_plan``). ``plan_makespan``
+  is their constant-time oracle.
 - Runs (``build_schedule(..., per_run=k)``, ``parallelism.schedule_micro_batches``): the step's m
   micro-batches as m/k schedules of k back to back, each filled and drained, as
   torch.distributed.pipelining runs gradient accumulation (one ``step()`` per local batch).
@@ -185,36 +189,251 @@ def interleaved_lockstep(p: int, m: int, v: int) -> list[list[Item]]:
     return out
 
 
+# A blocking plan (``parallelism.pipeline_p2p: blocking``): per rank, what it does in order. ("slot", k)
+# runs the rank's k-th slot (:func:`slots`); ("commit", sends, receives) posts those sends and
+# receives as one batch and waits until all are done. A key names a transfer by what it delivers:
+# ("fwd", micro-batch, stage receiving it) or ("bwd", micro-batch, stage receiving it), stages
+# counted along the micro-batch's own pipeline (DualPipe's reversed one for its second half).
+
+
+def send_key(it: Item, p: int, rank: int, stages: int) -> tuple | None:
+    """The transfer an item's output goes out as; None when it stays on the rank or leaves the
+    pipeline (the last stage's forward, the first stage's backward, a weight gradient)."""
+    s = virtual_stage(it, p, rank)
+    to = s + 1 if it.phase == "fwd" else s - 1 if it.phase == "bwd" else -1
+    if not 0 <= to < stages or stage_rank(to, p, it.reverse) == rank:
+        return None
+    return (it.phase, it.mb, to)
+
+
+def lockstep_plan(schedule: list[list[Item]]) -> list[list[tuple]]:
+    """The blocking plan of a lockstep table (:func:`interleaved_lockstep`, items with ``step``):
+    at each time step a rank runs its item, then commits its send with the receives of what its
+    neighbours computed in that step (torch <= 2.9's PipelineScheduleMulti); an idle step commits
+    its receives only."""
+    p = len(schedule)
+    stages = p * (1 + max(it.chunk for items in schedule for it in items))
+    steps = 1 + max(it.step for items in schedule for it in items)
+    incoming: dict[tuple[int, int], list] = {}
+    for rank, items in enumerate(schedule):
+        for it in items:
+            key = send_key(it, p, rank, stages)
+            if key is not None:
+                incoming.setdefault((stage_rank(key[2], p, False), it.step), []).append(key)
+    plan = []
+    for rank, items in enumerate(schedule):
+        at = {it.step: k for k, it in enumerate(items)}
+        entries: list[tuple] = []
+        for t in range(steps):
+            sends: tuple = ()
+            if t in at:
+                entries.append(("slot", at[t]))
+                key = send_key(items[at[t]], p, rank, stages)
+                sends = () if key is None else (key,)
+            recvs = tuple(incoming.get((rank, t), ()))
+            if sends or recvs:
+                entries.append(("commit", sends, recvs))
+        plan.append(entries)
+    return plan
+
+
+def dualpipe_plan(p: int, m: int) -> list[list[tuple]]:
+    """The blocking plan of :func:`dualpipe`, as deepseek-ai/DualPipe's reference runs it: before
+    each chunk a rank posts the receives that chunk needs (in step 2 the next forward's one chunk
+    early) and commits them together with the sends queued since its last commit (the outputs of
+    the chunks before), waiting for all of them; a weight-gradient chunk commits what is queued.
+    Slot k of the plan is slot k of ``slots(dualpipe(p, m)[rank])`` (checked here)."""
+    sched = dualpipe(p, m)
+    n, half = m // 2, p // 2
+    plan = []
+    for r in range(p):
+        h = min(r, p - 1 - r)
+        second = r >= half
+        middle = r in (half - 1, half)
+        ids = {k: [0, 0] for k in ("rf", "sf", "rb", "sb")}
+        ops: list[tuple[str, tuple]] = []
+        entries: list[tuple] = []
+        computes: list[tuple] = []
+
+        def stage(d: int) -> int:  # this rank's stage in direction d's pipeline
+            return r if d == 0 else p - 1 - r
+
+        def transfer(what: str, kind: str, d: int, to: int) -> None:
+            if not 0 <= to < p:
+                return
+            mb = d * n + ids[what][d]
+            ids[what][d] += 1
+            ops.append((what[0], (kind, mb, to if what[0] == "s" else stage(d))))
+
+        def recv_f(phase):
+            d = phase ^ second
+            if stage(d) > 0:
+                transfer("rf", "fwd", d, stage(d))
+
+        def send_f(phase):
+            d = phase ^ second
+            transfer("sf", "fwd", d, stage(d) + 1)
+
+        def recv_b(phase):
+            d = phase ^ second
+            if stage(d) < p - 1:
+                transfer("rb", "bwd", d, stage(d))
+
+        def send_b(phase):
+            d = phase ^ second
+            transfer("sb", "bwd", d, stage(d) - 1)
+
+        def commit():
+            if ops:
+                entries.append(("commit", tuple(k for w, k in ops if w == "s"),
+                                tuple(k for w, k in ops if w == "r")))
+                ops.clear()
+
+        def compute(*what):
+            entries.append(("slot", len(computes)))
+            computes.append(what)
+
+        def chunk(kind, phase, recv=True, send=True):  # the reference's _forward/_backward_chunk
+            if recv:
+                (recv_f if kind == "F" else recv_b)(phase)
+            commit()
+            compute(kind, phase ^ second)
+            if send:
+                (send_f if kind == "F" else send_b)(phase)
+
+        def fwd_bwd_chunk(phase0, phase1, recv0=True):
+            if recv0:
+                recv_f(phase0)
+            recv_b(phase1)
+            commit()
+            compute("F", phase0 ^ second, "B", phase1 ^ second)
+            send_f(phase0)
+            send_b(phase1)
+
+        def weight_chunk():
+            commit()
+            compute("W")
+
+        for _ in range((half - h - 1) * 2):  # 1
+            chunk("F", 0)
+        recv_f(0)  # 2
+        for i in range(h + 1):
+            chunk("F", 0, recv=False, send=middle)
+            recv_f(0)
+            chunk("F", 1, send=not middle or i < h)
+            if not middle:
+                send_f(0)
+        for _ in range(half - h - 1):  # 3
+            chunk("B", 1)
+            recv_f(1)
+            weight_chunk()
+            chunk("F", 1, recv=False)
+        for i in range(n - p + h + 1):  # 4
+            if i == 0 and middle:
+                chunk("F", 0, recv=False, send=False)
+                send_f(1)
+                chunk("B", 1, send=False)
+                send_f(0)
+                send_b(1)
+            else:
+                fwd_bwd_chunk(0, 1, recv0=i > 0)
+            fwd_bwd_chunk(1, 0)
+        for _ in range(half - h - 1):  # 5
+            chunk("B", 1)
+            fwd_bwd_chunk(1, 0)
+        for _ in range(h + 1):  # 6
+            chunk("B", 1)
+            chunk("B", 0)
+        for _ in range(half - h - 1):  # 7
+            weight_chunk()
+            chunk("B", 0)
+        for _ in range(h + 1):  # 8
+            weight_chunk()
+        commit()
+        # The computes must be the schedule's slots, in order.
+        got = [tuple(x for it in slot for x in ("W",) if it.phase == "wgt") or
+               tuple(x for it in slot for x in (it.phase[0].upper(), int(it.reverse)))
+               for slot in slots(sched[r])]
+        if got != computes:
+            raise AssertionError(f"DualPipe plan of rank {r} does not follow dualpipe({p}, {m})")
+        plan.append(entries)
+    return plan
+
+
+def plan_makespan(schedule: list[list[Item]], plan: list[list[tuple]], t_fwd: float, t_bwd: float,
+                  t_wgt: float = 0.0, t_send: float = 0.0) -> float:
+    """Step time of a blocking plan with constant op times (a pure oracle; times as
+    :func:`makespan`). A rank runs its entries in order: a slot takes the sum of its items' times;
+    a commit posts its sends and receives when the rank reaches it, each transfer starts when both
+    ends have posted it and takes ``t_send``, and the rank goes on when all of the commit's are
+    done."""
+    p = len(schedule)
+    dur = {"fwd": t_fwd, "bwd": t_bwd, "wgt": t_wgt}
+    rank_slots = [slots(items) for items in schedule]
+    posted: dict[tuple, list] = {}  # key -> [send posted at, receive posted at]
+    clock = [0.0] * p
+    pos = [0] * p
+    reached = [False] * p  # the rank has posted its current commit
+    progress = True
+    while progress:
+        progress = False
+        for r in range(p):
+            while pos[r] < len(plan[r]):
+                entry = plan[r][pos[r]]
+                if entry[0] == "slot":
+                    clock[r] += sum(dur[it.phase] - (t_wgt if it.defer_w else 0.0)
+                                    for it in rank_slots[r][entry[1]])
+                else:
+                    _, sends, recvs = entry
+                    if not reached[r]:
+                        for i, keys in ((0, sends), (1, recvs)):
+                            for key in keys:
+                                posted.setdefault(key, [None, None])[i] = clock[r]
+                        reached[r] = True
+                        progress = True
+                    ends = [posted[key] for key in sends + recvs]
+                    if any(None in e for e in ends):
+                        break
+                    clock[r] = max([clock[r]] + [max(e) + t_send for e in ends])
+                    reached[r] = False
+                pos[r] += 1
+                progress = True
+    if any(pos[r] < len(plan[r]) for r in range(p)):
+        raise RuntimeError("blocking plan deadlocks")
+    return max(clock)
+
+
 def lockstep_makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float,
                       t_send: float) -> float:
     """Step time of a lockstep table (:func:`interleaved_lockstep`) with constant op times and
-    sends of ``t_send`` seconds (a pure oracle). At each time step every rank runs its item, then
-    its sends and receives of that step: each one starts when both ends have run their step's item
-    and takes ``t_send``; the rank's next step starts when all of them are done."""
-    p = len(schedule)
-    v = 1 + max(it.chunk for items in schedule for it in items)
-    stages = p * v
-    by_step = [{it.step: it for it in items} for items in schedule]
-    steps = 1 + max(it.step for items in schedule for it in items)
-    end = [0.0] * p
-    for t in range(steps):
-        computed = []
-        for r in range(p):
-            it = by_step[r].get(t)
-            computed.append(end[r] + (0.0 if it is None else t_fwd if it.phase == "fwd" else t_bwd))
-        new = list(computed)
-        for r in range(p):
-            it = by_step[r].get(t)
-            if it is None:
-                continue
-            s = virtual_stage(it, p, r)
-            to = s + 1 if it.phase == "fwd" else s - 1
-            if 0 <= to < stages and stage_rank(to, p, False) != r:
-                q = stage_rank(to, p, False)
-                done = max(computed[r], computed[q]) + t_send
-                new[r], new[q] = max(new[r], done), max(new[q], done)
-        end = new
-    return max(end)
+    sends of ``t_send`` seconds: :func:`plan_makespan` of its :func:`lockstep_plan`."""
+    return plan_makespan(schedule, lockstep_plan(schedule), t_fwd, t_bwd, 0.0, t_send)
+
+
+def build_plan(name: str, p: int, m: int, v: int = 1, per_run: int | None = None) -> list[list[tuple]]:
+    """The blocking plan of ``build_schedule(name, p, m, v, per_run, lockstep=True)`` (interleaved:
+    torch's table; DualPipe: the reference's commits; runs one after another)."""
+    if name == "interleaved":
+        return lockstep_plan(build_schedule(name, p, m, v, per_run, lockstep=True))
+    if name != "dualpipe":
+        raise InputError("blocking pipeline sends are modelled for torch's interleaved runtime and "
+                         "DualPipe's reference", field="parallelism.pipeline_p2p", value="blocking",
+                         allowed="async, or parallelism.schedule: interleaved or dualpipe")
+    run = m if per_run is None or per_run >= m else per_run
+    one = dualpipe_plan(p, run)
+    out = []
+    for entries in one:
+        slots_per_run = sum(1 for e in entries if e[0] == "slot")
+        rank_plan = []
+        for j in range(m // run):
+            for e in entries:
+                if e[0] == "slot":
+                    rank_plan.append(("slot", e[1] + j * slots_per_run))
+                else:
+                    shift = lambda keys: tuple((k, mb + j * run, s) for k, mb, s in keys)  # noqa: E731
+                    rank_plan.append(("commit", shift(e[1]), shift(e[2])))
+        out.append(rank_plan)
+    return out
 
 
 def micro_batch_constraint(schedule: str, pp: int, per_run: int | None = None) -> tuple[int, int]:
@@ -329,7 +548,7 @@ def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = 
     (``parallelism.schedule_micro_batches``): the step's ``m`` micro-batches run as ``m / per_run``
     schedules of ``per_run`` micro-batches back to back, each with its own fill and drain (run j
     holds micro-batches j*per_run ..); None or >= m: one run. ``lockstep``
-    (``parallelism.pipeline_p2p: lockstep``): torch's time-step table of the interleaved schedule
+    (``parallelism.pipeline_p2p: blocking``): torch's time-step table of the interleaved schedule
     (:func:`interleaved_lockstep`), runs following each other in time steps too."""
     if per_run is None or per_run >= m:
         return _one_run(name, p, m, v, lockstep)
@@ -348,9 +567,9 @@ def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = 
 def _one_run(name: str, p: int, m: int, v: int, lockstep: bool = False) -> list[list[Item]]:
     if lockstep:
         if name != "interleaved":
-            raise InputError("lockstep pipeline sends are torch.distributed.pipelining's looped "
-                             "runtime (PipelineScheduleMulti): the interleaved schedule only",
-                             field="parallelism.pipeline_p2p", value="lockstep",
+            raise InputError("a lockstep table is torch.distributed.pipelining's looped runtime "
+                             "(PipelineScheduleMulti): the interleaved schedule only",
+                             field="parallelism.pipeline_p2p", value="blocking",
                              allowed="async, or parallelism.schedule: interleaved")
         return interleaved_lockstep(p, m, v)
     if name == "1f1b":
