@@ -22,7 +22,9 @@ communication stream, so one's all-to-all runs under the other's compute, and se
 when both are computed (DualPipe's reference order). A deferred weight gradient (``wgt``) waits for
 nothing but the rank's earlier items. When every item and every collective it started is done,
 the rank runs the once-per-step program (gradient reduction, optimizer). The step ends when all
-ranks do.
+ranks do. With a blocking plan (parallelism.pipeline_p2p: blocking) a rank walks its plan instead:
+its slots, and between them commits of sends and receives it waits for, each send starting when
+its receiver has committed the matching receive.
 
 Communication streams: one per rank and pipeline direction (DualPipe's two directions; the other
 schedules use one), first in first out; pipeline sends have their own (NCCL p2p). The compute
