@@ -204,8 +204,8 @@ class Simulation:
         self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
                                        lockstep=blocking and par.schedule == "interleaved")
         # Blocking pipeline sends: each rank's slots and commits in order (docs/engine.md).
-        self.p2p_plan = build_plan(par.schedule, par.pp, self.m, par.vpp,
-                                   par.schedule_micro_batches) if blocking else None
+        self.p2p_plan = build_plan(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
+                                   schedule=self.schedule) if blocking else None
         # Micro-batches each (pp rank, virtual stage) runs: all m, or under DualPipe the half that
         # enters from the end the rank's copy of the stage serves. All-to-all link loads are built
         # for those only.

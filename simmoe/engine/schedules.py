@@ -410,29 +410,28 @@ def lockstep_makespan(schedule: list[list[Item]], t_fwd: float, t_bwd: float,
     return plan_makespan(schedule, lockstep_plan(schedule), t_fwd, t_bwd, 0.0, t_send)
 
 
-def build_plan(name: str, p: int, m: int, v: int = 1, per_run: int | None = None) -> list[list[tuple]]:
+def build_plan(name: str, p: int, m: int, v: int = 1, per_run: int | None = None,
+               schedule: list[list[Item]] | None = None) -> list[list[tuple]]:
     """The blocking plan of ``build_schedule(name, p, m, v, per_run, lockstep=True)`` (interleaved:
-    torch's table; DualPipe: the reference's commits; runs one after another)."""
+    torch's table; DualPipe: the reference's commits; runs one after another). ``schedule``: that
+    schedule when the caller has built it already."""
     if name == "interleaved":
-        return lockstep_plan(build_schedule(name, p, m, v, per_run, lockstep=True))
+        return lockstep_plan(schedule or build_schedule(name, p, m, v, per_run, lockstep=True))
     if name != "dualpipe":
         raise InputError("blocking pipeline sends are modelled for torch's interleaved runtime and "
                          "DualPipe's reference", field="parallelism.pipeline_p2p", value="blocking",
                          allowed="async, or parallelism.schedule: interleaved or dualpipe")
     run = m if per_run is None or per_run >= m else per_run
-    one = dualpipe_plan(p, run)
+
+    def shifted(keys: tuple, offset: int) -> tuple:
+        return tuple((kind, mb + offset, stage) for kind, mb, stage in keys)
+
     out = []
-    for entries in one:
-        slots_per_run = sum(1 for e in entries if e[0] == "slot")
-        rank_plan = []
-        for j in range(m // run):
-            for e in entries:
-                if e[0] == "slot":
-                    rank_plan.append(("slot", e[1] + j * slots_per_run))
-                else:
-                    shift = lambda keys: tuple((k, mb + j * run, s) for k, mb, s in keys)  # noqa: E731
-                    rank_plan.append(("commit", shift(e[1]), shift(e[2])))
-        out.append(rank_plan)
+    for entries in dualpipe_plan(p, run):
+        per = sum(1 for e in entries if e[0] == "slot")
+        out.append([("slot", e[1] + j * per) if e[0] == "slot" else
+                    ("commit", shifted(e[1], j * run), shifted(e[2], j * run))
+                    for j in range(m // run) for e in entries])
     return out
 
 
