@@ -105,8 +105,10 @@ class _Act:
         # FP8 training stores activations as DeepSeek-V3 does (report, section 3.3.3): inputs of
         # FP8 linears in FP8 with 1x128 scales; the SwiGLU input of routed experts in FP8 too; the
         # output-projection input (attention output) in E5M6, 12 bits.
+        # MXFP8 as Transformer Engine runs it: each FP8 linear saves its input's column-wise MXFP8
+        # copy (what wgrad reads); the SwiGLU input and the attention output stay BF16.
         fp8 = tr.precision == "fp8"
-        self.lin_in = FP8_BYTES_PER_ELEMENT if fp8 else BF16_BYTES_PER_ELEMENT
+        self.lin_in = FP8_BYTES_PER_ELEMENT if tr.fp8_gemms else BF16_BYTES_PER_ELEMENT
         self.expert_act_in = FP8_BYTES_PER_ELEMENT if fp8 else BF16_BYTES_PER_ELEMENT
         # Kimi K2 (report, section 2.4.3) stores the routed experts' up-projection input and SwiGLU
         # input in FP8-E4M3 with 1x128 FP32 scales but computes in BF16: the same bytes as above.

@@ -49,7 +49,7 @@ def step_record(sim, result, *, peak_memory_gib: float = float("nan")) -> StepRe
     tokens = sc.training.global_batch * sc.training.seq_len
     tflops = sim.model_flops_per_step() / gpus / t / 1e12
     spec = gpu_spec(sc.gpu_model or sim.topology.gpu_model)
-    peak = spec.fp8_dense_tflops if sc.training.precision == "fp8" else spec.bf16_dense_tflops
+    peak = spec.fp8_dense_tflops if sc.training.fp8_gemms else spec.bf16_dense_tflops
     b = result.breakdown()
     return StepRecord(
         step=int(result.step), step_time_s=float(t), tokens_per_s=tokens / t,

@@ -37,6 +37,8 @@ DEFAULT_SCENARIO = BUILTIN_SCENARIO_DIR / "default.yaml"
 
 # Keys the loader consumes; they never reach the schema.
 _LOADER_KEYS = ("extends", "overrides")
+# Tensor-core generations with MX block-scaled FP8 (hardware.yaml `architecture`).
+MX_ARCHITECTURES = frozenset({"blackwell"})
 # Fields holding paths, made absolute relative to the file that wrote them (when they exist there).
 _PATH_FIELDS = (("cluster", "topology"), ("routing", "imbalance", "trace_file"))
 
@@ -422,15 +424,20 @@ def _precision_problems(s: Scenario, gpu_model: str, topology_name: str) -> list
         spec = gpu_spec(gpu_model)
     except InputError:
         return []  # the topology loader reports unknown GPUs
-    if spec.fp8_dense_tflops is not None:
-        return []
     out = []
-    if s.training.precision == "fp8":
-        out.append(Problem("training.precision", "fp8",
-                           f"{gpu_model} (topology {topology_name}) has no FP8 tensor cores", "bf16"))
-    if s.routing.dispatch_dtype == "fp8" and s.model.moe is not None:
-        out.append(Problem("routing.dispatch_dtype", "fp8",
-                           f"{gpu_model} (topology {topology_name}) has no FP8 support", "bf16"))
+    if spec.fp8_dense_tflops is None:
+        if s.training.fp8_gemms:
+            out.append(Problem("training.precision", s.training.precision,
+                               f"{gpu_model} (topology {topology_name}) has no FP8 tensor cores", "bf16"))
+        if s.routing.dispatch_dtype == "fp8" and s.model.moe is not None:
+            out.append(Problem("routing.dispatch_dtype", "fp8",
+                               f"{gpu_model} (topology {topology_name}) has no FP8 support", "bf16"))
+    elif s.training.precision == "mxfp8" and spec.architecture not in MX_ARCHITECTURES:
+        # Hopper's tensor cores take one scale per tensor; MX block scales need Blackwell's.
+        out.append(Problem("training.precision", "mxfp8",
+                           f"{gpu_model} (topology {topology_name}, architecture "
+                           f"{spec.architecture or 'unknown'}) has no MX block-scaled tensor cores",
+                           f"fp8 or bf16 on this GPU; mxfp8 on {', '.join(sorted(MX_ARCHITECTURES))} GPUs"))
     return out
 
 

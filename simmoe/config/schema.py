@@ -147,7 +147,11 @@ class Training(_Section):
     seq_len: PosInt  # tokens per sequence
     global_batch: PosInt  # sequences per optimizer step
     micro_batch: PosInt  # sequences per micro-batch per data-parallel rank
-    precision: Literal["bf16", "fp8"] = "bf16"  # GEMM precision
+    # GEMM precision of the linear layers. fp8: DeepSeek-V3's fine-grained FP8 (1x128 activation
+    # and 128x128 weight scales; Hopper and later). mxfp8: OCP MX FP8 (one E8M0 scale per 32
+    # elements, applied by the tensor cores; Blackwell and later), as Transformer Engine's
+    # MXFP8BlockScaling recipe runs it (docs/workload.md).
+    precision: Literal["bf16", "fp8", "mxfp8"] = "bf16"
     total_tokens: PosFloat  # tokens over the whole run
     batch_ramp: BatchRamp | None = None
     activation_recompute: Literal["none", "selective", "full"] = "none"
@@ -170,6 +174,11 @@ class Training(_Section):
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch * self.seq_len
+
+    @property
+    def fp8_gemms(self) -> bool:
+        """Whether the linear layers' GEMMs run on FP8 tensor cores (fp8 or mxfp8)."""
+        return self.precision in ("fp8", "mxfp8")
 
 
 # --------------------------------------------------------------------------------- parallelism

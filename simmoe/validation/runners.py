@@ -127,7 +127,7 @@ def run_kernel(case: Case, spec: KernelRun) -> Outcome:
     model = RooflineModel(spec.gpu, field="run.kernel.gpu", file=case.file, clocks=spec.clocks)
     notes = [f"simmoe's roofline for {model.spec.name} at {spec.clocks} clocks, no calibration profile"]
     if spec.op == "gemm":
-        time_s = float(model.gemm_s(spec.m, spec.n, spec.k, spec.dtype))
+        time_s = float(model.gemm_s(spec.m, spec.n, spec.k, "fp8" if spec.dtype == "mxfp8" else spec.dtype))
         return Outcome({"time_ms": time_s * 1e3, "tflops": 2.0 * spec.m * spec.n * spec.k / time_s / 1e12},
                        notes)
     forward_flops = attention_benchmark_flops(spec)

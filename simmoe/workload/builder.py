@@ -27,6 +27,12 @@ quantization and the FP8 values written back, "only to be read again for MMA"; i
 "the matrix needs to be read out, dequantized, transposed, re-quantized into 128x1 tiles, and
 stored in HBM"). Tokens dispatched in FP8 are quantized once before the dispatch (``moe.quant``)
 and enter the routed experts' first GEMM already in FP8.
+
+MXFP8 (training.precision = mxfp8) runs the same GEMMs in FP8 with one E8M0 scale per 32
+elements, which Blackwell's tensor cores apply themselves, as Transformer Engine's
+MXFP8BlockScaling recipe does: its quantization kernel writes a row-wise and a column-wise copy of
+each GEMM input in the forward (the column-wise one is what wgrad reads) and of each output
+gradient in the backward, and nothing is re-quantized (``MX_QUANT``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from simmoe.errors import InputError
-from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT
+from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT, MXFP8_BYTES_PER_ELEMENT
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp, Op
 from simmoe.workload.params import (
     block_local_params,
@@ -51,13 +57,30 @@ FP32 = 4
 # --grad-reduce-in-bf16; DeepSeek-V3 also keeps gradients in FP32).
 GRAD_BYTES = 4
 
-# FP8 quantization kernels (module docstring), bytes per element of the quantized tensor:
-# forward: read BF16 (2) + write FP8 with 1x128 scales (1 + 4/128);
-QUANT_FWD_BYTES = BF16_BYTES_PER_ELEMENT + FP8_BYTES_PER_ELEMENT
-# backward, output gradient: read BF16 + write the 1x128 and the 128x1 FP8 copies;
-QUANT_GRAD_BYTES = BF16_BYTES_PER_ELEMENT + 2 * FP8_BYTES_PER_ELEMENT
-# backward, saved FP8 input: read it + write it transposed (128x1 tiles) for wgrad.
-REQUANT_INPUT_BYTES = 2 * FP8_BYTES_PER_ELEMENT
+
+
+@dataclass(frozen=True)
+class QuantBytes:
+    """Bytes per element of the quantized tensor moved by the kernels that quantize FP8 GEMM
+    inputs (module docstring), one set per recipe."""
+
+    fwd: float  # forward, GEMM input: read BF16, write the FP8 copies the step needs
+    grad: float  # backward, output gradient: read BF16, write the dgrad and the wgrad copies
+    requant_input: float  # backward, saved FP8 input: read it, write it transposed for wgrad
+
+
+# DeepSeek-V3's fine-grained FP8 (training.precision fp8): forward writes one 1x128-scaled copy;
+# the output gradient gets a 1x128 and a 128x1 copy; the saved input is re-quantized transposed.
+FINE_GRAINED_QUANT = QuantBytes(fwd=BF16_BYTES_PER_ELEMENT + FP8_BYTES_PER_ELEMENT,
+                                grad=BF16_BYTES_PER_ELEMENT + 2 * FP8_BYTES_PER_ELEMENT,
+                                requant_input=2 * FP8_BYTES_PER_ELEMENT)
+# MXFP8 (training.precision mxfp8), as Transformer Engine's MXFP8BlockScaling recipe quantizes:
+# one kernel writes a row-wise and a column-wise copy (scales along each GEMM's reduction
+# dimension) of the input in the forward, whose column-wise copy wgrad reads, and of the output
+# gradient in the backward; nothing is re-quantized.
+MX_QUANT = QuantBytes(fwd=BF16_BYTES_PER_ELEMENT + 2 * MXFP8_BYTES_PER_ELEMENT,
+                      grad=BF16_BYTES_PER_ELEMENT + 2 * MXFP8_BYTES_PER_ELEMENT,
+                      requant_input=0.0)
 
 # Roles of forward ops, used to pick what selective recompute re-runs.
 SELECTIVE_ROLES = frozenset({"norm", "mla_up", "act"})
@@ -91,7 +114,10 @@ class _Ctx:
         self.T = tr.micro_batch * tr.seq_len // par.cp
         self.Tsp = self.T // par.tp if self.sp else self.T
         self.Tm = -(-self.T // par.tp)
-        self.lin = "fp8" if tr.precision == "fp8" else "bf16"
+        # FP8 and MXFP8 GEMMs are both timed as "fp8" (simmoe.compute); the recipe sets the
+        # quantization kernels' bytes.
+        self.lin = "fp8" if tr.fp8_gemms else "bf16"
+        self.quant = MX_QUANT if tr.precision == "mxfp8" else FINE_GRAINED_QUANT
         self.recompute = tr.activation_recompute
         self.eager = tr.kernels == "eager"
         # Eager autograd adds each micro-batch's weight gradient into .grad (the first one is
@@ -131,9 +157,10 @@ class _Ctx:
 class _Seq:
     """Ops of one phase in execution order, with the dependency rule of the module docstring."""
 
-    def __init__(self, phase: str, suffix: str = "") -> None:
+    def __init__(self, phase: str, suffix: str = "", quant: QuantBytes = FINE_GRAINED_QUANT) -> None:
         self.phase = phase
         self.suffix = suffix
+        self.quant = quant
         self.ops: list[Op] = []
         self.roles: list[str] = []
         self.last_main: str | None = None
@@ -182,7 +209,7 @@ class _Seq:
              also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None,
              quantized_input: bool = False) -> str:
         if dtype == "fp8" and not quantized_input:  # quantize the (m x k) input first (docstring)
-            qname = self.mem(f"{base}.quant", m * k * QUANT_FWD_BYTES, role=role, also=also, side_after=side_after)
+            qname = self.mem(f"{base}.quant", m * k * self.quant.fwd, role=role, also=also, side_after=side_after)
             also, side_after = (), (None if side_after is None else (qname,))
         fields = dict(layer=_layer(base), m=int(m), n=int(n), k=int(k), dtype=dtype,
                       model_flops=2.0 * m * n * k / redundancy)
@@ -228,7 +255,7 @@ def _gemm_bwd(q: _Seq, base: str, m: int, n: int, k: int, dtype: str, *, redunda
     """Backward of a forward (m x k) @ (k x n): ONE op with the forward's shapes standing for dgrad
     + wgrad (2x the forward FLOPs; the engine times it with simmoe.compute.gemm_backward_s)."""
     if dtype == "fp8":  # output gradient (m x n) and saved input (m x k) re-quantized (docstring)
-        qname = q.mem(f"{base}.bwd_quant", m * n * QUANT_GRAD_BYTES + m * k * REQUANT_INPUT_BYTES,
+        qname = q.mem(f"{base}.bwd_quant", m * n * q.quant.grad + m * k * q.quant.requant_input,
                       also=also, side_after=side_after)
         also, side_after = (), (None if side_after is None else (qname,))
     fields = dict(layer=_layer(base), m=int(m), n=int(n), k=int(k), dtype=dtype,
@@ -493,8 +520,8 @@ def _expert_gemm(q: _Seq, base: str, n: int, k: int, c: _Ctx, backward: bool, al
     mean_rows = c.Tm * c.k * c.etp
     flops = 2.0 * mean_rows * n * k * (2 if backward else 1)
     if c.lin == "fp8" and (backward or not quantized_input):  # at the balanced load, as other memory ops
-        nbytes = (mean_rows * n * QUANT_GRAD_BYTES + mean_rows * k * REQUANT_INPUT_BYTES if backward
-                  else mean_rows * k * QUANT_FWD_BYTES)
+        nbytes = (mean_rows * n * c.quant.grad + mean_rows * k * c.quant.requant_input if backward
+                  else mean_rows * k * c.quant.fwd)
         q.mem(f"{base[:-4] if backward else base}.{'bwd_quant' if backward else 'quant'}", nbytes, also=also)
         also = ()
     return q.main(ExpertGemmOp, base, also=also, layer=_layer(base), n=int(n), k=int(k), dtype=c.lin,
@@ -511,7 +538,7 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
     permute = q.mem(f"{P}.moe.permute", Tm * d * BF16 + Tm * k * d * BF16)
     fp8_tokens = c.ep > 1 and c.s.routing.dispatch_dtype == "fp8"
     if fp8_tokens:  # tokens are quantized once, then dispatched and fed to fc1 in FP8
-        permute = q.mem(f"{P}.moe.quant", Tm * d * QUANT_FWD_BYTES)
+        permute = q.mem(f"{P}.moe.quant", Tm * d * c.quant.fwd)
     if c.ep > 1:
         q.coll(f"{P}.moe.dispatch", "ep", "alltoall_dispatch", bytes_per_token=c.dispatch_bytes_per_token)
     if c.etp > 1:
@@ -664,7 +691,7 @@ def _recompute_ops(c: _Ctx, b: int) -> list[Op]:
     already keeps no s^2 state, so recomputing it would save nothing)."""
     if c.recompute == "none":
         return []
-    q = _Seq("recompute", ".rc")
+    q = _Seq("recompute", ".rc", c.quant)
     _block_fwd(c, q, b)
     if c.recompute == "full":
         return q.ops
@@ -745,12 +772,12 @@ def build_stage_program(scenario: Any, virtual_stage: int) -> StageProgram:
     if has_head and not m.mtp_depth:
         segments.append(("head", "head"))
 
-    fwd = _Seq("fwd")
+    fwd = _Seq("fwd", quant=c.quant)
     _emit_segments(c, scenario, fwd, segments, extras, backward=False)
     if virtual_stage < last_stage:
         fwd.coll("p2p.fwd", "pp", "p2p_send", size_bytes=c.Tsp * c.d * BF16)
 
-    bwd = _Seq("bwd")
+    bwd = _Seq("bwd", quant=c.quant)
     _emit_segments(c, scenario, bwd, list(reversed(segments)), extras, backward=True)
     _grad_accum(c, bwd, "stage", extras)
     _zero_grad_rs(c, bwd, "stage", extras, 0)
@@ -858,7 +885,7 @@ def build_step_ops(scenario: Any, virtual_stage: int) -> tuple[Op, ...]:
     _check_stage(scenario, virtual_stage)
     c = _Ctx(scenario)
     lp = stage_local_params(scenario, virtual_stage)
-    q = _Seq("step")
+    q = _Seq("step", quant=c.quant)
     groups = (("dense", "dp_cp", c.dp_cp, lp.dense), ("experts", "edp", c.edp, lp.experts))
     if c.zero <= 1:
         kind = "allreduce" if c.zero == 0 else "reduce_scatter"
