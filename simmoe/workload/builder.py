@@ -58,7 +58,6 @@ FP32 = 4
 GRAD_BYTES = 4
 
 
-
 @dataclass(frozen=True)
 class QuantBytes:
     """Bytes per element of the quantized tensor moved by the kernels that quantize FP8 GEMM
@@ -157,7 +156,7 @@ class _Ctx:
 class _Seq:
     """Ops of one phase in execution order, with the dependency rule of the module docstring."""
 
-    def __init__(self, phase: str, suffix: str = "", quant: QuantBytes = FINE_GRAINED_QUANT) -> None:
+    def __init__(self, phase: str, suffix: str = "", *, quant: QuantBytes) -> None:
         self.phase = phase
         self.suffix = suffix
         self.quant = quant
@@ -691,7 +690,7 @@ def _recompute_ops(c: _Ctx, b: int) -> list[Op]:
     already keeps no s^2 state, so recomputing it would save nothing)."""
     if c.recompute == "none":
         return []
-    q = _Seq("recompute", ".rc", c.quant)
+    q = _Seq("recompute", ".rc", quant=c.quant)
     _block_fwd(c, q, b)
     if c.recompute == "full":
         return q.ops
