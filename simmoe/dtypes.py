@@ -7,3 +7,9 @@ FP8_BYTES_PER_ELEMENT = 1.0 + 4.0 / 128.0
 # MXFP8 (OCP Microscaling spec v1.0): E4M3 elements with one E8M0 (1-byte) scale per block of 32
 # along the reduction dimension. The same bytes per element as above, laid out differently.
 MXFP8_BYTES_PER_ELEMENT = 1.0 + 1.0 / 32.0
+
+
+def gemm_compute_dtype(precision: str) -> str:
+    """The dtype simmoe.compute times a GEMM of this precision at: MXFP8 runs on the FP8 tensor
+    cores at the FP8 rate (docs/compute.md, "MXFP8 GEMMs")."""
+    return "fp8" if precision == "mxfp8" else precision

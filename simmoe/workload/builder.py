@@ -41,7 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from simmoe.errors import InputError
-from simmoe.dtypes import BF16_BYTES_PER_ELEMENT, FP8_BYTES_PER_ELEMENT, MXFP8_BYTES_PER_ELEMENT
+from simmoe.dtypes import (
+    BF16_BYTES_PER_ELEMENT,
+    FP8_BYTES_PER_ELEMENT,
+    MXFP8_BYTES_PER_ELEMENT,
+    gemm_compute_dtype,
+)
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp, Op
 from simmoe.workload.params import (
     block_local_params,
@@ -113,9 +118,8 @@ class _Ctx:
         self.T = tr.micro_batch * tr.seq_len // par.cp
         self.Tsp = self.T // par.tp if self.sp else self.T
         self.Tm = -(-self.T // par.tp)
-        # FP8 and MXFP8 GEMMs are both timed as "fp8" (simmoe.compute); the recipe sets the
-        # quantization kernels' bytes.
-        self.lin = "fp8" if tr.fp8_gemms else "bf16"
+        # The recipe (fp8 or mxfp8) sets the quantization kernels' bytes, not the GEMMs' timing.
+        self.lin = gemm_compute_dtype(tr.precision)
         self.quant = MX_QUANT if tr.precision == "mxfp8" else FINE_GRAINED_QUANT
         self.recompute = tr.activation_recompute
         self.eager = tr.kernels == "eager"
