@@ -216,7 +216,8 @@ def in_flight(scenario: Any, pp_rank: int) -> dict[int, float]:
     micro-batches fed from rank 0 (position r on their path: pp - r in flight, as 1F1B) and stage
     pp-1-r for those fed from rank pp-1 (position pp-1-r: r + 1 in flight); pp + 1 in all, the
     DeepSeek-V3 report's figure (Table 2). Capped by the micro-batches of one run of the schedule
-    (per direction for DualPipe, which feeds half from each end).
+    (per direction for DualPipe, which feeds half from each end). Megatron's EP all-to-all overlap
+    (parallelism.ep_comm_overlap) warms up with one forward more: one more micro-batch in flight.
     """
     par = scenario.parallelism
     pp, vpp, m = par.pp, par.vpp, scenario.micro_batches_per_step
@@ -226,9 +227,10 @@ def in_flight(scenario: Any, pp_rank: int) -> dict[int, float]:
     if par.schedule == "dualpipe":
         half = -(-m // 2)
         return {pp_rank: float(min(pp - pp_rank, half)), pp - 1 - pp_rank: float(min(pp_rank + 1, half))}
+    extra = int(par.ep_comm_overlap)
     if vpp == 1:
-        return {stages[0]: float(min(pp - pp_rank, m))}
-    warm = min((pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1, m * vpp)
+        return {stages[0]: float(min(pp - pp_rank + extra, m))}
+    warm = min((pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1 + extra, m * vpp)
     counts = {v: 0.0 for v in stages}
     for i in range(warm):
         counts[pp_rank + ((i // pp) % vpp) * pp] += 1

@@ -362,3 +362,53 @@ def test_dualpipe_reference_commits_cost_nothing_without_sends(p, m, per_run):
     assert plan_makespan(sched, plan, 1.0, 2.5, 0.5, 0.1) > makespan(sched, 1.0, 2.5, 0.5)
     with pytest.raises(InputError, match="pipeline_p2p"):
         build_plan("1f1b", p, m)
+
+
+def test_ep_overlap_orders_by_hand():
+    # Megatron's combined 1F1B (megatron/core/pipeline_parallel/combined_1f1b.py): without a
+    # pipeline, forward 0 alone, then forward i+1 with backward i, then the last backward alone.
+    assert _order(one_f_one_b(1, 4, ep_overlap=True)[0]) == ["F0", "F1", "+B0", "F2", "+B1", "F3",
+                                                            "+B2", "B3"]
+    # Interleaved p=2, v=2, m=4: one warm-up forward more than Megatron's (p-r-1)*2 + (v-1)*p, each
+    # steady-state forward paired with the backward after it, the cool-down unpaired.
+    sched = interleaved_1f1b(2, 4, 2, ep_overlap=True)
+    assert _order(sched[0]) == ["F0", "F1", "F0c1", "F1c1", "F2", "F3", "+B0c1", "F2c1", "+B1c1",
+                                "F3c1", "+B0", "B1", "B2c1", "B3c1", "B2", "B3"]
+    assert _order(sched[1]) == ["F0", "F1", "F0c1", "F1c1", "+B0c1", "F2", "+B1c1", "F3", "+B0",
+                                "F2c1", "+B1", "F3c1", "+B2c1", "B3c1", "B2", "B3"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.integers(1, 5), k=st.integers(1, 4), v=st.integers(1, 3))
+def test_ep_overlap_pairs_never_wait_for_themselves(p, k, v):
+    """Every pair is a forward then a backward whose own forward ran earlier on the rank (the
+    extra warm-up forward): no slot waits for its own output, and with constant times the
+    schedule is no slower than serial work and each item still runs once."""
+    name = "1f1b" if p == 1 else "interleaved"
+    v = 1 if p == 1 else max(v, 2)
+    m = k * p + (1 if p == 1 else 0)
+    sched = build_schedule(name, p, m, v, ep_overlap=True)
+    for r, items in enumerate(sched):
+        done = set()
+        for slot in slots(items):
+            if len(slot) == 2:
+                f, b = slot
+                assert f.phase == "fwd" and b.phase == "bwd" and b.overlap and not f.overlap
+                assert (b.mb, virtual_stage(b, p, r)) in done
+            for it in slot:
+                if it.phase == "fwd":
+                    done.add((it.mb, virtual_stage(it, p, r)))
+        assert sorted((i.mb, i.chunk, i.phase) for i in items) == sorted(
+            (i.mb, i.chunk, i.phase) for i in build_schedule(name, p, m, v)[r])
+    step = makespan(sched, 1.0, 2.0)
+    assert m * 3.0 - 1e-9 <= step <= (m * v * 3.0) * p * v + 1e-9
+
+
+def test_ep_overlap_is_megatrons_schedules_only():
+    with pytest.raises(InputError, match="ep_comm_overlap"):
+        build_schedule("1f1b", 4, 8, ep_overlap=True)  # Megatron: interleaved, or no pipeline
+    with pytest.raises(InputError, match="ep_comm_overlap"):
+        build_schedule("dualpipe", 4, 8, ep_overlap=True)
+    with pytest.raises(InputError, match="ep_comm_overlap"):
+        build_schedule("interleaved", 2, 4, 2, lockstep=True, ep_overlap=True)
+

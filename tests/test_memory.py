@@ -103,6 +103,12 @@ def test_in_flight_micro_batches():
     dual = scenario(par=dict(pp=4, schedule="dualpipe", dp=1))
     assert [in_flight(dual, r) for r in range(4)] == [{0: 4, 3: 1}, {1: 3, 2: 2}, {2: 2, 1: 3}, {3: 1, 0: 4}]
     assert all(sum(in_flight(dual, r).values()) == 4 + 1 for r in range(4))
+    # Megatron's EP all-to-all overlap warms up with one forward more (chunk 0 of rank 0 gets
+    # micro-batch 11 too, rank 3's chunk 1 micro-batch 5); without a pipeline, two in flight.
+    over = scenario(par=dict(pp=4, vpp=2, schedule="interleaved", dp=1, ep_comm_overlap=True))
+    assert in_flight(over, 0) == {0: 8, 4: 4}
+    assert in_flight(over, 3) == {3: 4, 7: 2}
+    assert in_flight(scenario(par=dict(pp=1, dp=1, ep_comm_overlap=True)), 0) == {0: 2}
     few = scenario(par=dict(pp=4, dp=1), global_batch=2)  # 2 micro-batches per step
     assert in_flight(few, 0) == {0: 2}
     runs = scenario(par=dict(pp=4, dp=1, schedule_micro_batches=2))  # runs of 2: at most 2 in flight

@@ -191,6 +191,20 @@ def check_parallelism(s: Scenario) -> list[Problem]:
                            "blocking pipeline sends are modelled for torch's looped runtime "
                            "(PipelineScheduleMulti: interleaved) and DualPipe's reference",
                            "async, or parallelism.schedule: interleaved or dualpipe"))
+    if p.ep_comm_overlap:
+        if p.schedule == "dualpipe" or (p.pp > 1 and p.schedule != "interleaved"):
+            out.append(Problem("parallelism.ep_comm_overlap", True,
+                               f"Megatron pairs the steady-state steps of its interleaved schedule "
+                               f"(or of 1F1B without a pipeline), not schedule {p.schedule} with pp={p.pp}",
+                               "false, or schedule: interleaved (vpp >= 2), or pp: 1"))
+        elif p.pipeline_p2p == "blocking":
+            out.append(Problem("parallelism.ep_comm_overlap", True,
+                               "is Megatron's, whose pipeline sends are async; blocking sends are "
+                               "torch's looped runtime", "false, or pipeline_p2p: async"))
+        if m.moe is None or p.ep < 2:
+            out.append(Problem("parallelism.ep_comm_overlap", True,
+                               "overlaps EP all-to-alls, but there are none (no model.moe, or ep 1)",
+                               "false, or a MoE model with ep >= 2"))
     if p.vpp > 1 and p.schedule != "interleaved":
         out.append(Problem("parallelism.schedule", p.schedule,
                            f"virtual stages (vpp={p.vpp}) run only under the interleaved schedule",

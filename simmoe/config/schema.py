@@ -220,6 +220,11 @@ class Parallelism(_Section):
     # batch at the end of each time step of its table) and deepseek-ai/DualPipe's reference (a
     # batch before each chunk). Interleaved and dualpipe only. docs/engine.md.
     pipeline_p2p: Literal["async", "blocking"] = "async"
+    # Megatron's --overlap-moe-expert-parallel-comm: each steady-state step of the 1F1B schedule
+    # runs the forward of one micro-batch and the backward of another together, so each one's EP
+    # all-to-alls run under the other's compute (one more warm-up forward to make room).
+    # Interleaved schedule (vpp >= 2), or pp 1; MoE with ep > 1. docs/engine.md.
+    ep_comm_overlap: bool = False
 
     @property
     def model_parallel_size(self) -> int:

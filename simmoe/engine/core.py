@@ -28,7 +28,12 @@ its receiver has committed the matching receive.
 
 Communication streams: one per rank and pipeline direction (DualPipe's two directions; the other
 schedules use one), first in first out; pipeline sends have their own (NCCL p2p). The compute
-stream a paired slot shares is the same kind of stream with priorities (backward first).
+stream a paired slot shares is the same kind of stream with priorities (DualPipe: backward first).
+Megatron's EP all-to-all overlap (``pairs="interleaved"``) pairs a forward and a backward of the
+same direction: they share its communication stream, their ops take the compute stream in the
+order they become ready, and each output is sent as soon as its item is computed. (In a full,
+unreduced run with unequal expert loads two ranks may then claim that stream for the pair's
+collectives in different orders and wait for each other: the run then stops with an error.)
 """
 
 from __future__ import annotations
@@ -323,7 +328,8 @@ class StepEngine:
     def __init__(self, env: simpy.Environment, network, ranks: list[SimRank],
                  schedule: list[list[Item]], programs: dict[tuple[int, str], Program],
                  step_programs: dict[int, Program] | None, resolver: Resolver, *, pp: int,
-                 vpp: int = 1, p2p_plan: list[list[tuple]] | None = None) -> None:
+                 vpp: int = 1, p2p_plan: list[list[tuple]] | None = None,
+                 pairs: str = "fused") -> None:
         self.env = env
         self.network = network
         self.ranks = ranks
@@ -338,6 +344,13 @@ class StepEngine:
         # Blocking pipeline sends (parallelism.pipeline_p2p: blocking): per pp rank its slots and
         # commits in order (simmoe.engine.schedules.build_plan); None: sends go as computed.
         self.plan = p2p_plan
+        # How a paired slot runs. "fused" (DualPipe's reference): backward ops first when both
+        # wait, outputs sent when both items are computed. "interleaved" (Megatron's EP
+        # all-to-all overlap, which alternates the two micro-batches' sub-modules layer by layer):
+        # ops in the order they become ready, each output sent as soon as its item is computed.
+        if pairs not in ("fused", "interleaved"):
+            raise ValueError(f"pairs must be 'fused' or 'interleaved', not {pairs!r}")
+        self.pairs = pairs
         self._rendezvous: dict[Hashable, list] = {}
         self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
@@ -436,10 +449,12 @@ class StepEngine:
                          if w is not None and not w.processed]
                 if waits:
                     yield self.env.all_of(waits)
-                computed = self.env.event()  # both items' compute done: their outputs may go
+                # Both items' compute done: their outputs may go (fused pairs only).
+                computed = self.env.event() if self.pairs == "fused" else None
                 yield self.env.all_of([self.env.process(self._item(r, it, gpu, computed))
                                        for it in slot])
-                computed.succeed()
+                if computed is not None:
+                    computed.succeed()
         yield from self._finish_rank(r)
 
     def _finish_rank(self, r: SimRank):
@@ -474,8 +489,11 @@ class StepEngine:
         phase = "bwd_in" if it.defer_w else it.phase
         prog = self.programs[(v, phase)]
         key = (v, phase, "reverse") if it.reverse else (v, phase)
-        events = yield from self._program(r, key, prog, mb, gpu, it.phase, int(it.reverse),
-                                          computed)
+        # Communication lane: one per DualPipe direction. A Megatron pair's two micro-batches
+        # share one, as Megatron's EP overlap runs dispatch and combine on one communication
+        # stream (so their all-to-alls queue behind each other rather than share the links).
+        lane = int(it.reverse)
+        events = yield from self._program(r, key, prog, mb, gpu, it.phase, lane, computed)
         if it.phase == "wgt":
             return
         # Hand the output on: the pipeline send when the program has one, else the whole item.
@@ -510,7 +528,7 @@ class StepEngine:
         tl = self.timelines[i]
         log = tl.compute
         events: list = [None] * len(prog.nodes)
-        priority = 0 if phase == "bwd" else 1
+        priority = 0 if phase == "bwd" or self.pairs == "interleaved" else 1
         node_time_s = self.resolver.node_time_s
         nccl, alone = self._nccl_in_flight, self._alone
         for k, node in enumerate(prog.nodes):

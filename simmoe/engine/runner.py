@@ -202,7 +202,8 @@ class Simulation:
                              allowed=f">= micro_batch * dp = {scenario.training.micro_batch * par.dp}")
         blocking = par.pipeline_p2p == "blocking"
         self.schedule = build_schedule(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
-                                       lockstep=blocking and par.schedule == "interleaved")
+                                       lockstep=blocking and par.schedule == "interleaved",
+                                       ep_overlap=par.ep_comm_overlap)
         # Blocking pipeline sends: each rank's slots and commits in order (docs/engine.md).
         self.p2p_plan = build_plan(par.schedule, par.pp, self.m, par.vpp, par.schedule_micro_batches,
                                    schedule=self.schedule) if blocking else None
@@ -817,7 +818,8 @@ class Simulation:
         if self.fidelity == "flow" and not self.coflow:
             self._static_coll.clear()  # collectives carry engine names registered per network
         engine = StepEngine(env, self.network, self.ranks, self.schedule, self.programs,
-                            self.step_programs, self, pp=self.pp, vpp=self.vpp, p2p_plan=self.p2p_plan)
+                            self.step_programs, self, pp=self.pp, vpp=self.vpp, p2p_plan=self.p2p_plan,
+                            pairs="interleaved" if self.scenario.parallelism.ep_comm_overlap else "fused")
         timeline = engine.run()
         finish = [t.finish_s for t in timeline.timelines]
         return StepResult(step, timeline, self.stats, int(np.argmax(finish)))

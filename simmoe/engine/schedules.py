@@ -32,6 +32,13 @@ interleaving), so with ``v = 1`` chunk 0 is simply stage ``r``.
   the commits between them, each a batch of sends and receives the rank waits for; the torch
   table's (``lockstep_plan``) and DualPipe's reference's (``dualpipe_plan``). ``plan_makespan``
   is their constant-time oracle.
+- EP all-to-all overlap (``build_schedule(..., ep_overlap=True)``, ``parallelism.ep_comm_overlap``):
+  Megatron's ``--overlap-moe-expert-parallel-comm`` (docs/user-guide/features/moe_a2a_overlap.md,
+  megatron/core/pipeline_parallel/combined_1f1b.py). Every steady-state step of the interleaved
+  schedule becomes a paired slot, the forward of one micro-batch with the backward of another,
+  after one extra warm-up forward (so the pair's backward never waits for its own forward); with
+  pp = 1, forward 0 alone, then forward i+1 paired with backward i, then the last backward alone.
+  Megatron runs it on the interleaved schedule (vpp > 1) or without a pipeline, nothing else.
 - Runs (``build_schedule(..., per_run=k)``, ``parallelism.schedule_micro_batches``): the step's m
   micro-batches as m/k schedules of k back to back, each filled and drained, as
   torch.distributed.pipelining runs gradient accumulation (one ``step()`` per local batch).
@@ -90,15 +97,21 @@ def _check(p: int, m: int, field_p: str = "parallelism.pp") -> None:
                          allowed="training.global_batch / (training.micro_batch * dp) >= 1")
 
 
-def one_f_one_b(p: int, m: int) -> list[list[Item]]:
-    """1F1B (PipeDream-Flush): per rank, warm-up forwards, steady 1F1B, cool-down backwards."""
+def one_f_one_b(p: int, m: int, ep_overlap: bool = False) -> list[list[Item]]:
+    """1F1B (PipeDream-Flush): per rank, warm-up forwards, steady 1F1B, cool-down backwards.
+    ``ep_overlap`` (pp = 1 only, as Megatron): one more warm-up forward, and each steady-state
+    forward paired with the backward after it."""
     _check(p, m)
+    if ep_overlap and p != 1:
+        raise InputError("Megatron's EP all-to-all overlap pairs 1F1B steps only without a pipeline "
+                         "or on the interleaved schedule", field="parallelism.ep_comm_overlap",
+                         value=True, allowed="false, pp: 1, or schedule: interleaved with vpp >= 2")
     out = []
     for r in range(p):
-        warm = min(p - r - 1, m)
+        warm = min(p - r - 1 + int(ep_overlap), m)
         items = [Item(i, 0, "fwd") for i in range(warm)]
         for k in range(m - warm):
-            items += [Item(warm + k, 0, "fwd"), Item(k, 0, "bwd")]
+            items += [Item(warm + k, 0, "fwd"), Item(k, 0, "bwd", overlap=ep_overlap)]
         items += [Item(k, 0, "bwd") for k in range(m - warm, m)]
         out.append(items)
     return out
@@ -125,19 +138,21 @@ def _check_interleaved(p: int, m: int, v: int, multiple: bool = True) -> None:
                          value=m, allowed=f"global_batch / (micro_batch * dp) a multiple of {p}")
 
 
-def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Item]]:
-    """Megatron's interleaved 1F1B with ``v`` chunks per rank (``v = 1`` gives 1F1B)."""
+def interleaved_1f1b(p: int, m: int, v: int, ep_overlap: bool = False) -> list[list[Item]]:
+    """Megatron's interleaved 1F1B with ``v`` chunks per rank (``v = 1`` gives 1F1B).
+    ``ep_overlap`` (Megatron's --overlap-moe-expert-parallel-comm): one more warm-up forward, then
+    each steady-state forward and the backward after it run as one paired slot."""
     _check_interleaved(p, m, v, multiple=v > 1)
     if v == 1:
-        return one_f_one_b(p, m)
+        return one_f_one_b(p, m, ep_overlap)
     total = m * v
     out = []
     for r in range(p):
-        warm = total if m == p else min((p - r - 1) * 2 + (v - 1) * p, total)
+        warm = total if m == p else min((p - r - 1) * 2 + (v - 1) * p + int(ep_overlap), total)
         items = [Item(*_interleaved_ids(k, p, v, True), "fwd") for k in range(warm)]
         for k in range(total - warm):
             items.append(Item(*_interleaved_ids(warm + k, p, v, True), "fwd"))
-            items.append(Item(*_interleaved_ids(k, p, v, False), "bwd"))
+            items.append(Item(*_interleaved_ids(k, p, v, False), "bwd", overlap=ep_overlap))
         items += [Item(*_interleaved_ids(k, p, v, False), "bwd") for k in range(total - warm, total)]
         out.append(items)
     return out
@@ -542,20 +557,22 @@ def dualpipe(p: int, m: int) -> list[list[Item]]:
 
 
 def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = None,
-                   lockstep: bool = False) -> list[list[Item]]:
+                   lockstep: bool = False, ep_overlap: bool = False) -> list[list[Item]]:
     """The schedule named by ``parallelism.schedule``. ``per_run``
     (``parallelism.schedule_micro_batches``): the step's ``m`` micro-batches run as ``m / per_run``
     schedules of ``per_run`` micro-batches back to back, each with its own fill and drain (run j
     holds micro-batches j*per_run ..); None or >= m: one run. ``lockstep``
     (``parallelism.pipeline_p2p: blocking``): torch's time-step table of the interleaved schedule
-    (:func:`interleaved_lockstep`), runs following each other in time steps too."""
+    (:func:`interleaved_lockstep`), runs following each other in time steps too. ``ep_overlap``
+    (``parallelism.ep_comm_overlap``): Megatron's EP all-to-all overlap, steady-state forwards and
+    backwards paired (1f1b with p = 1, interleaved)."""
     if per_run is None or per_run >= m:
-        return _one_run(name, p, m, v, lockstep)
+        return _one_run(name, p, m, v, lockstep, ep_overlap)
     if not isinstance(per_run, int) or per_run < 1 or m % per_run:
         raise InputError(f"the micro-batches per step ({m}) are not a whole number of schedule runs",
                          field="parallelism.schedule_micro_batches", value=per_run,
                          allowed=f"a divisor of {m} (global_batch / (micro_batch * dp)), or null")
-    run = _one_run(name, p, per_run, v, lockstep)
+    run = _one_run(name, p, per_run, v, lockstep, ep_overlap)
     steps = 1 + max((it.step for items in run for it in items if it.step is not None), default=-1)
     return [[replace(it, mb=it.mb + j * per_run,
                      step=None if it.step is None else it.step + j * steps)
@@ -563,7 +580,14 @@ def build_schedule(name: str, p: int, m: int, v: int = 1, per_run: int | None = 
             for items in run]
 
 
-def _one_run(name: str, p: int, m: int, v: int, lockstep: bool = False) -> list[list[Item]]:
+def _one_run(name: str, p: int, m: int, v: int, lockstep: bool = False,
+             ep_overlap: bool = False) -> list[list[Item]]:
+    if ep_overlap and (lockstep or name == "dualpipe"):
+        raise InputError("Megatron's EP all-to-all overlap pairs the steps of its own 1F1B "
+                         "schedules (DualPipe pairs its steady state already; torch's lockstep "
+                         "runtime has no such pairing)", field="parallelism.ep_comm_overlap",
+                         value=True, allowed="false, or schedule 1f1b (pp 1) / interleaved with "
+                         "pipeline_p2p: async")
     if lockstep:
         if name != "interleaved":
             raise InputError("a lockstep table is torch.distributed.pipelining's looped runtime "
@@ -575,9 +599,9 @@ def _one_run(name: str, p: int, m: int, v: int, lockstep: bool = False) -> list[
         if v != 1:
             raise InputError("1f1b runs one model chunk per rank", field="parallelism.vpp", value=v,
                              allowed="1, or parallelism.schedule: interleaved")
-        return one_f_one_b(p, m)
+        return one_f_one_b(p, m, ep_overlap)
     if name == "interleaved":
-        return interleaved_1f1b(p, m, v)
+        return interleaved_1f1b(p, m, v, ep_overlap)
     if name == "dualpipe":
         if v != 1:
             raise InputError("DualPipe runs its two model chunks (stages r and pp-1-r) without "
