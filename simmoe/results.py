@@ -31,6 +31,7 @@ class StepRecord:
     a2a_combine_s: float  # critical rank: seconds in combine-direction all-to-alls
     exposed_comm_s: float  # critical rank: communication time not covered by its compute
     pipeline_bubble_s: float  # critical rank: step time with neither compute nor communication
+    host_late_s: float  # critical rank: of that, its compute stream waiting for the host (host.stack)
     dp_comm_s: float  # critical rank: seconds in DP / EDP gradient and parameter collectives
     optimizer_s: float  # critical rank: compute seconds of the once-per-step program
     peak_memory_gib: float  # simmoe.memory: the worst pipeline rank's total, GiB (2**30 bytes)

@@ -343,6 +343,16 @@ def check_training(s: Scenario) -> list[Problem]:
     return out
 
 
+def check_host(s: Scenario) -> list[Problem]:
+    from simmoe.engine.host import cpu_names
+
+    names = cpu_names()
+    if s.host.cpu not in names:
+        return [Problem("host.cpu", s.host.cpu, "is not a measured host CPU", ", ".join(names))]
+    return []
+
+
 def check_scenario(s: Scenario) -> list[Problem]:
     """Every cross-field rule that needs no file; ``parallelism.dp`` must be resolved."""
-    return check_model(s) + check_training(s) + check_parallelism(s) + check_routing(s)
+    return (check_model(s) + check_training(s) + check_parallelism(s) + check_routing(s)
+            + check_host(s))

@@ -309,6 +309,17 @@ class Cluster(_Section):
     nodes: PosInt | None = None  # null: every node of the topology; filled in by the loader
 
 
+class Host(_Section):
+    """The CPU that issues each rank's kernels (simmoe.engine.host, docs/engine.md "Host issue").
+    stack none: the host is assumed always ahead of the GPU (CUDA graphs over the whole step, or
+    a stack whose host cost was not measured). megatron_core: Megatron-Core's eager layer code,
+    its host work per layer measured by benchmarks/megatron_host_calls.py, on host ``cpu`` (a
+    name in simmoe/data/host/cpus.yaml, measured by benchmarks/host_issue.py)."""
+
+    stack: Literal["none", "megatron_core"] = "none"
+    cpu: str = "x86-lent-1"
+
+
 class Costs(_Section):
     # Defaults are assumptions, not measurements (docs/scenario.md says where each comes from).
     price_per_gpu_hour_usd: NonNegFloat = 2.0
@@ -383,6 +394,7 @@ class Scenario(_Section):
     parallelism: Parallelism = Parallelism()
     routing: Routing = Routing()
     cluster: Cluster
+    host: Host = Host()
     costs: Costs = Costs()
     simulation: Simulation = Simulation()
     forecast: Forecast = Forecast()

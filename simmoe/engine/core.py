@@ -78,6 +78,11 @@ class Resolver(Protocol):
                         mb: int) -> CommRequest:
         """The collective of a communication node."""
 
+    def node_host_s(self, key: tuple, program: Program) -> tuple[tuple, tuple] | None:
+        """Per node of a program: (host seconds to issue it, whether the host then waits for it
+        to start: the dispatcher's device-to-host sync); None: the host is not modelled
+        (simmoe.engine.host)."""
+
 
 @dataclass
 class RankTimeline:
@@ -87,6 +92,7 @@ class RankTimeline:
     comm: list = field(default_factory=list)  # (start, end, label, category, phase)
     expert_s: float = 0.0
     step_compute_s: float = 0.0  # compute of the once-per-step program (optimizer)
+    host_late_s: float = 0.0  # compute stream idle, waiting for the host to issue (host issue)
     finish_s: float = 0.0
 
 
@@ -249,12 +255,16 @@ class _CommTask:
     that could change nothing are skipped (EngineEnvironment), in the same order of actions."""
 
     __slots__ = ("eng", "r", "key", "prog", "k", "mb", "events", "phase", "lane", "gate",
-                 "req", "stream", "start", "done")
+                 "req", "stream", "start", "done", "issued_s", "started")
 
     def __init__(self, eng: "StepEngine", r: SimRank, key: tuple, prog: Program, k: int, mb: int,
-                 events: list, phase: str, lane: int, gate) -> None:
+                 events: list, phase: str, lane: int, gate, issued_s: float | None = None,
+                 started: Event | None = None) -> None:
         self.eng, self.r, self.key, self.prog, self.k, self.mb = eng, r, key, prog, k, mb
         self.events, self.phase, self.lane, self.gate = events, phase, lane, gate
+        # Host issue: the collective is launched no earlier than the host issues it; ``started``
+        # triggers when it starts (a host waiting for it: the dispatcher's sync).
+        self.issued_s, self.started = issued_s, started
         env = eng.env
         self.done = Event(env)
         start = Event(env)  # what simpy.events.Initialize does for a process
@@ -269,6 +279,8 @@ class _CommTask:
         gate = self.gate
         if gate is not None and gate.callbacks is not None:
             waits.append(gate)
+        if self.issued_s is not None and self.issued_s > self.eng.env._now:
+            waits.append(self.eng.env.timeout(self.issued_s - self.eng.env._now))
         if len(waits) == 1:
             waits[0].callbacks.append(self._claim)
         elif waits:
@@ -292,6 +304,8 @@ class _CommTask:
     def _send(self, _event) -> None:
         eng, req = self.eng, self.req
         self.start = eng.env._now
+        if self.started is not None:
+            self.started.succeed()
         if req.holds_sms:  # NCCL's kernel is up from here, waiting for its peers included
             eng._hold_sms(self.r.index, +1)
         if req.rendezvous is None or req.members <= 1:
@@ -356,6 +370,11 @@ class StepEngine:
         self._outstanding: list[list] = [[] for _ in ranks]
         self._nccl_in_flight = [0] * len(ranks)  # NCCL collectives holding SMs, per rank
         self._kernel: list[_RunningKernel | None] = [None] * len(ranks)  # compute node running
+        # Host issue (simmoe.engine.host): per rank, the time its host has issued everything
+        # visited so far; per program key, its nodes' host seconds and syncs (None: not modelled).
+        self._host_t = [0.0] * len(ranks)
+        self._host: dict = {}
+        self._node_host_s = getattr(resolver, "node_host_s", None)
         # Event hops skipped where nothing can come between (EngineEnvironment; none otherwise).
         if isinstance(env, EngineEnvironment):
             self._alone, self._succeed_last = env.alone, env.succeed_last
@@ -531,12 +550,27 @@ class StepEngine:
         priority = 0 if phase == "bwd" or self.pairs == "interleaved" else 1
         node_time_s = self.resolver.node_time_s
         nccl, alone = self._nccl_in_flight, self._alone
+        host = self._host.get(key, False)
+        if host is False:
+            host = self._host[key] = (None if self._node_host_s is None
+                                      else self._node_host_s(key, prog))
+        host_t = self._host_t
         for k, node in enumerate(prog.nodes):
             if node.kind == "comm":
-                ev = _CommTask(self, r, key, prog, k, mb, events, phase, lane,
-                               computed if k in prog.p2p_nodes else None).done
-                events[k] = ev
-                self._outstanding[i].append(ev)
+                started = None
+                if host is not None:
+                    host_t[i] += host[0][k]
+                    if host[1][k]:
+                        started = Event(env)
+                task = _CommTask(self, r, key, prog, k, mb, events, phase, lane,
+                                 computed if k in prog.p2p_nodes else None,
+                                 None if host is None else host_t[i], started)
+                events[k] = task.done
+                self._outstanding[i].append(task.done)
+                if started is not None:  # the host waits for the split sizes
+                    if started.callbacks is not None:
+                        yield started
+                    host_t[i] = max(host_t[i], env._now) + self.resolver.host_sync_s
                 continue
             if node.deps:  # (an event's callbacks are None once it has been processed)
                 waits = [e for e in map(events.__getitem__, node.deps)
@@ -549,6 +583,13 @@ class StepEngine:
                 yield gpu.request(priority)
             start = env._now
             dur, expert = node_time_s(r, key, prog, k, mb, nccl[i] > 0)
+            if host is not None:
+                host_t[i] += host[0][k]
+                late = host_t[i] - (start + dur)
+                if late > 0:  # the node's last op is issued after the GPU could have run it all
+                    yield Timeout(env, late)
+                    tl.host_late_s += late
+                    start = env._now
             if dur > 0:
                 kernel = self._kernel[i] = _RunningKernel(env._active_proc, (r, key, prog, k, mb),
                                                           dur, start)

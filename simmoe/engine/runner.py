@@ -24,6 +24,7 @@ import numpy as np
 
 from simmoe.compute.model import gemm_backward_s, grouped_gemm_backward_s
 from simmoe.engine.core import CommRequest, EngineEnvironment, SimRank, StepEngine, StepTimeline
+from simmoe.engine.host import host_costs, program_host_s
 from simmoe.engine.moe_comm import moe_alltoall
 from simmoe.engine.program import Program, compile_program, weight_gradient_ops
 from simmoe.engine.schedules import build_plan, build_schedule, stage_rank, virtual_stage
@@ -149,6 +150,7 @@ class StepResult:
             "a2a_combine_s": cat.get("combine", 0.0),
             "exposed_comm_s": _measure(comm) - _overlap(comm, comp),
             "pipeline_bubble_s": self.step_time_s - _measure(busy),
+            "host_late_s": tl.host_late_s,
             "dp_comm_s": cat.get("dp", 0.0),
             "optimizer_s": tl.step_compute_s,
         }
@@ -240,6 +242,9 @@ class Simulation:
         self._static_coll: dict = {}
         self._multiplicity: dict = {}
         self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
+        host = scenario.host
+        self.host_costs = None if host.stack == "none" else host_costs(host.stack, host.cpu)
+        self._moe_layer_set = frozenset(self._moe_layers())
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
         self._a2a_groups: dict = {}  # moe layer -> EP groups still to build their rows
         self._ep_gpu_tuples: dict = {}
@@ -574,6 +579,18 @@ class Simulation:
             maxima = self._expert_layer_times(self._step, self.moe_index[op.layer], op, grad, False)[1]
             ex = [a + b for a, b in zip(ex, maxima)]
         return ex
+
+    # ------------------------------------------------------------------ host issue
+    def node_host_s(self, key: tuple, prog: Program):
+        """Host seconds and syncs per node of a program (simmoe.engine.host); None: host.stack
+        none."""
+        if self.host_costs is None:
+            return None
+        return program_host_s(prog, self.host_costs, self._moe_layer_set)
+
+    @property
+    def host_sync_s(self) -> float:
+        return self.host_costs.sync_s
 
     # ------------------------------------------------------------------ communication
     def _replica_multiplicity(self, dim: str, s: int, hierarchical: bool,

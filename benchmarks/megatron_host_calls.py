@@ -1,0 +1,295 @@
+"""Megatron-Core's host work per transformer layer, counted and timed on a CPU.
+
+    pip install --no-deps --target /tmp/mcore megatron-core==0.16.1
+    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --out results/host/megatron-core-0.16.1-cpu.csv
+
+Why: on an eager Megatron-Core run (no CUDA graphs) every PyTorch op a layer calls is issued from
+Python, one by one; where the GPU's kernels are shorter than the host's issue time, or where the MoE
+dispatcher's device-to-host copy of the split sizes has emptied the GPU's queue, the host sets the
+pace (docs/engine.md, "Host issue"). simmoe's op list is ~25-40 fused ops per layer; the host issues
+several hundred. This script measures, for Megatron-Core's own layer code (megatron-core 0.16.1,
+the local-module spec, no Transformer Engine: that needs a GPU), with tiny shapes so that the CPU
+kernels cost little next to the Python around them:
+
+- ``ops``: PyTorch ops that would launch a kernel on a GPU (aten ops less views and metadata ops),
+  per layer, forward and backward, by part of the layer (attention, router, experts, dispatcher,
+  rest), counted with a TorchDispatchMode;
+- ``host_s``: wall seconds of the layer's forward / backward on this CPU (median of repeats),
+  and ``host_s_per_op`` = host_s / ops;
+- the same bare-op probe as benchmarks/host_issue.py (``mul``, no autograd) on this CPU, timed
+  between the layer's repeats (the same load), so the per-op figure can be carried to a GPU host
+  measured by that script (ratio of the two probes; simmoe.engine.host).
+
+Rows: one per (layer kind, phase). ``ep`` > 1 runs that many processes over gloo so the
+all-to-all dispatcher's exchange is counted (its timing then includes gloo and is not used).
+CUDA-only calls (streams, events, the CUDA RNG tracker, Transformer Engine's router GEMM,
+grouped_gemm's kernel) are replaced by CPU stand-ins that issue the same number of ops: one per
+grouped GEMM forward, two backward (dgrad, wgrad), as the grouped_gemm package's kernels do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+FIELDS = ("layer", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
+          "experts_ops", "dispatcher_ops", "other_ops", "host_s", "host_s_per_op",
+          "probe_mul_s", "megatron_core", "torch")
+
+# aten ops that change only metadata (no kernel on a GPU)
+_NO_KERNEL = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze",
+              "split", "split_with_sizes", "slice", "select", "as_strided", "alias", "detach",
+              "reshape", "chunk", "unbind", "narrow", "_reshape_alias", "view_as", "expand_as",
+              "empty", "empty_like", "new_empty", "empty_strided", "lift_fresh", "_local_scalar_dense",
+              "alltoall_base_", "allreduce_", "_allgather_base_", "_reduce_scatter_base_"}
+
+
+def _stub_cuda(torch):
+    """CPU stand-ins for the CUDA-only calls Megatron-Core's layer makes."""
+
+    class Stream:
+        def __init__(self, *a, **k): pass
+        def wait_stream(self, *a): pass
+        def wait_event(self, *a): pass
+        def record_event(self, *a): return Event()
+        def synchronize(self): pass
+
+    class Event:
+        def __init__(self, *a, **k): pass
+        def record(self, *a): pass
+        def wait(self, *a): pass
+        def synchronize(self): pass
+        def query(self): return True
+
+    torch.cuda.Stream, torch.cuda.Event = Stream, Event
+    torch.cuda.current_stream = lambda *a, **k: Stream()
+    torch.cuda.default_stream = lambda *a, **k: Stream()
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.cuda.current_device = lambda: "cpu"
+    torch.Tensor.record_stream = lambda self, *a: None
+    import torch.distributed as dist
+    a2a = dist.all_to_all_single
+
+    def a2a_lists(out, inp, output_split_sizes=None, input_split_sizes=None, group=None,
+                  async_op=False):  # gloo takes split sizes as lists only
+        tl = lambda x: x.tolist() if isinstance(x, torch.Tensor) else x  # noqa: E731
+        return a2a(out, inp, tl(output_split_sizes), tl(input_split_sizes), group=group,
+                   async_op=async_op)
+
+    dist.all_to_all_single = a2a_lists
+
+
+def _stub_megatron(torch):
+    import megatron.core.fusions.fused_softmax as fs
+    import megatron.core.transformer.moe.experts as ex
+    import megatron.core.transformer.moe.grouped_gemm_util as gg
+    import megatron.core.transformer.moe.moe_utils as mu
+    import megatron.core.transformer.utils as tu
+    from megatron.core import tensor_parallel
+
+    mask = lambda sq, *a, **k: torch.triu(torch.ones(sq, sq), diagonal=1).bool()  # noqa: E731
+    tu.get_default_causal_mask = fs.get_default_causal_mask = mask
+    tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
+    mu.te_general_gemm = None  # the router GEMM in plain torch
+
+    class Gmm(torch.autograd.Function):  # one op forward, two backward, as a grouped kernel
+        @staticmethod
+        def forward(ctx, a, b, batch_sizes, trans_b=False):
+            ctx.save_for_backward(a, b)
+            ctx.trans_b = trans_b
+            w = b[0]
+            return a @ (w.t() if trans_b else w)
+
+        @staticmethod
+        def backward(ctx, g):
+            a, b = ctx.saved_tensors
+            w = b[0]
+            return g @ (w if ctx.trans_b else w.t()), torch.zeros_like(b), None, None
+
+    class Ops:
+        @staticmethod
+        def gmm(a, b, batch_sizes, trans_b=False):
+            return Gmm.apply(a, b, batch_sizes, trans_b)
+
+    gg.grouped_gemm, gg.ops = object(), Ops
+    ex.gg = gg
+
+
+def _layer(torch, kind: str, local_experts: int, ep: int):
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.spec_utils import build_module
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    moe = kind.startswith("moe")
+    experts = local_experts * ep if moe else None
+    # GQA with QK norm (Qwen3). Multi-latent attention's local spec does not build in 0.16.1.
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                 add_bias_linear=False, gated_linear_unit=True,
+                 activation_func=torch.nn.functional.silu, normalization="RMSNorm",
+                 hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
+                 bf16=True, params_dtype=torch.bfloat16,
+                 **(dict(num_moe_experts=experts, moe_ffn_hidden_size=32,
+                         moe_router_topk=min(8, experts), moe_token_dispatcher_type="alltoall",
+                         moe_grouped_gemm=True, moe_use_legacy_grouped_gemm=True,
+                         moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3)
+                    if moe else {}),
+                 num_query_groups=2, qk_layernorm=True)
+    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=moe,
+                                    qk_layernorm=True,
+                                    moe_use_legacy_grouped_gemm=moe)
+    return build_module(spec, config=cfg, layer_number=1)
+
+
+def _measure(rank: int, args, queue) -> None:
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    _stub_cuda(torch)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(args.port))
+    dist.init_process_group("gloo", rank=rank, world_size=args.ep)
+    from megatron.core import parallel_state
+
+    parallel_state.initialize_model_parallel(1, 1, expert_model_parallel_size=args.ep)
+    _stub_megatron(torch)
+    import megatron.core
+
+    rows = []
+    for kind in args.layers:
+        moe = kind.startswith("moe")
+        for local in (args.local_experts if moe else [0]):
+            torch.manual_seed(0)
+            layer = _layer(torch, kind, local, args.ep)
+            part = ["other"]
+
+            def enter(name):
+                return lambda *_a, **_k: part.append(name)
+
+            def leave(*_a, **_k):
+                part.pop()
+
+            for name, mod in (("attention", layer.input_layernorm),
+                              ("attention", layer.self_attention),
+                              ("router", getattr(layer.mlp, "router", None)),
+                              ("experts", getattr(layer.mlp, "experts", None)),
+                              ("dispatcher", layer.mlp if moe else None)):
+                if mod is not None:
+                    mod.register_forward_pre_hook(enter(name))
+                    mod.register_forward_hook(leave)
+
+            class Count(TorchDispatchMode):
+                def __init__(self):
+                    super().__init__()
+                    self.ops = Counter()
+
+                def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                    name = func.overloadpacket.__name__
+                    if name not in _NO_KERNEL:
+                        self.ops[part[-1]] += 1
+                    return func(*args, **(kwargs or {}))
+
+            x = torch.randn(32, 1, 64, dtype=torch.bfloat16, requires_grad=True)
+
+            def forward():
+                out = layer(x, attention_mask=None)
+                return out[0] if isinstance(out, tuple) else out
+
+            for _ in range(3):
+                forward().sum().backward()
+            with Count() as fwd:
+                out = forward()
+            loss = out.sum()
+            with Count() as bwd:
+                loss.backward()
+            times = {"fwd": [], "bwd": []}
+            a = torch.randn(256, dtype=torch.bfloat16)
+            probe = []
+            for _ in range(args.repeats):  # the probe interleaved with the layer: same CPU load
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    a = a * 1.0
+                probe.append((time.perf_counter() - t0) / 200)
+                t0 = time.perf_counter()
+                out = forward()
+                t1 = time.perf_counter()
+                loss = out.sum()
+                t2 = time.perf_counter()
+                loss.backward()
+                t3 = time.perf_counter()
+                times["fwd"].append(t1 - t0)
+                times["bwd"].append(t3 - t2)
+            for phase, c in (("fwd", fwd), ("bwd", bwd)):
+                ops = sum(c.ops.values())
+                host = statistics.median(times[phase])
+                rows.append({"layer": kind, "local_experts": local, "ep": args.ep, "phase": phase,
+                             "ops": ops, **{f"{p}_ops": c.ops.get(p, 0) for p in
+                                            ("attention", "router", "experts", "dispatcher", "other")},
+                             "host_s": host if args.ep == 1 else "",
+                             "host_s_per_op": host / ops if args.ep == 1 else "",
+                             "probe_mul_s": statistics.median(probe),
+                             "megatron_core": megatron.core.__version__, "torch": torch.__version__})
+    if rank == 0:
+        queue.put(rows)
+    dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="CSV file (default: print only)")
+    ap.add_argument("--layers", nargs="+", default=["dense", "moe"], choices=["dense", "moe"])
+    ap.add_argument("--local-experts", nargs="+", type=int, default=[4, 16])
+    ap.add_argument("--ep", type=int, nargs="+", default=[1, 2],
+                    help="expert-parallel sizes (processes over gloo); timing only from ep 1")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--port", type=int, default=29517)
+    args = ap.parse_args(argv)
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError:
+        print("megatron-core is not importable: pip install --no-deps --target DIR "
+              "megatron-core==0.16.1 and put DIR on PYTHONPATH", file=sys.stderr)
+        return 2
+    import torch.multiprocessing as mp
+
+    rows = []
+    for ep in args.ep:
+        run = argparse.Namespace(**{**vars(args), "ep": ep, "port": args.port + ep})
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_measure, args=(r, run, queue)) for r in range(ep)]
+        for p in procs:
+            p.start()
+        got = queue.get(timeout=1800)
+        for p in procs:
+            p.join()
+            if p.exitcode:
+                print(f"a process of the ep {ep} run failed", file=sys.stderr)
+                return 1
+        rows += got
+    w = csv.DictWriter(sys.stdout, FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    if args.out is not None:
+        from simmoe.atomic import atomic_write
+
+        def write(f):
+            out = csv.DictWriter(f, FIELDS, lineterminator="\n")
+            out.writeheader()
+            out.writerows(rows)
+
+        atomic_write(args.out, write, binary=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

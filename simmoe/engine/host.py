@@ -1,0 +1,117 @@
+"""Host issue: the CPU that launches a rank's kernels, as a clock beside its GPU streams.
+
+On an eager stack (no CUDA graphs) every op is issued from Python, one by one. The host runs ahead
+of the GPU while it can; a kernel cannot start before it has been issued; and the MoE dispatcher's
+device-to-host copy of the split sizes (Megatron-Core's alltoall and DeepEP dispatchers, once per
+MoE layer forward) makes the host wait for the GPU, after which it must issue the rest of the layer
+while the GPU catches up (docs/engine.md, "Host issue").
+
+The engine keeps one host clock per simulated rank: each node adds its host seconds; a compute node
+cannot finish before the clock after its issue (the GPU waits for the host: "host-late"); a
+collective cannot start before its issue; a dispatch in the forward sets the clock to when the
+dispatch starts, plus the device-to-host round trip.
+
+Host seconds per layer come from measurements only (simmoe/data/host/): Megatron-Core's own layer
+code run on a CPU (``benchmarks/megatron_host_calls.py``: ops per layer and host seconds per op,
+as a multiple of a bare PyTorch op on the same CPU) times the bare-op issue cost measured on a GPU
+host (``benchmarks/host_issue.py``). A layer's host seconds are spread evenly over simmoe's ops of
+that layer and phase (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+
+import yaml
+
+from simmoe.errors import InputError
+from simmoe.paths import PACKAGE_DATA_DIR
+from simmoe.workload.ops import CollectiveOp
+
+HOST_DIR = PACKAGE_DATA_DIR / "host"
+CPUS_FILE = "cpus.yaml"
+STACKS = {"megatron_core": "megatron-core-0.16.1-cpu.csv"}
+
+
+@dataclass(frozen=True)
+class HostCosts:
+    """Host seconds of one layer's ops on one host CPU."""
+
+    stack: str
+    cpu: str
+    layer_s: dict  # (kind "dense"|"moe", phase "fwd"|"bwd") -> host seconds per layer and micro-batch
+    op_s: float  # one bare op (embedding, head, loss: ops outside the layers)
+    sync_s: float  # a device-to-host read of an idle GPU
+
+
+@lru_cache(maxsize=None)
+def _cpus() -> dict:
+    with open(HOST_DIR / CPUS_FILE) as f:
+        return yaml.safe_load(f)["cpus"]
+
+
+@lru_cache(maxsize=None)
+def _stack_rows(stack: str) -> tuple:
+    with open(HOST_DIR / STACKS[stack], newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def cpu_names() -> list[str]:
+    return list(_cpus())
+
+
+def host_costs(stack: str, cpu: str) -> HostCosts:
+    """Per-layer host seconds of ``stack`` on ``cpu`` (names in simmoe/data/host/)."""
+    if stack not in STACKS:
+        raise InputError("unknown host stack", field="host.stack", value=stack,
+                         allowed=", ".join(["none", *STACKS]))
+    cpus = _cpus()
+    if cpu not in cpus:
+        raise InputError("unknown host CPU", field="host.cpu", value=cpu, allowed=", ".join(cpus))
+    probe_s = float(cpus[cpu]["probe_mul_s"])
+    rows = _stack_rows(stack)
+    layer_s = {}
+    for kind in ("dense", "moe"):
+        for phase in ("fwd", "bwd"):
+            # Ops counted with the dispatcher's exchange (ep > 1); host seconds per op from the
+            # single-process runs, as a multiple of the bare-op probe timed beside them.
+            ops = max(int(r["ops"]) for r in rows if r["layer"] == kind and r["phase"] == phase)
+            ratio = statistics.median(float(r["host_s_per_op"]) / float(r["probe_mul_s"])
+                                      for r in rows if r["layer"] == kind and r["phase"] == phase
+                                      and r["host_s_per_op"])
+            layer_s[(kind, phase)] = ops * ratio * probe_s
+    return HostCosts(stack, cpu, layer_s, probe_s, float(cpus[cpu]["sync_s"]))
+
+
+def is_host_sync(op) -> bool:
+    """The dispatcher copies the split sizes to the host before the forward all-to-all."""
+    return (isinstance(op, CollectiveOp) and op.collective == "alltoall_dispatch"
+            and op.phase in ("fwd", "recompute"))
+
+
+def program_host_s(prog, costs: HostCosts, moe_layers) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """(host seconds, host waits for it) per node of a compiled program. A layer's seconds of a
+    phase are shared evenly by the program's ops of that layer and phase; ops outside the layers
+    cost one bare op each. A weight-gradient program (deferred W) issues nothing more: its
+    layer's backward was charged in full to the backward proper."""
+    if prog.grad == "weight":
+        return (0.0,) * len(prog.nodes), (False,) * len(prog.nodes)
+    count: dict = {}
+    for op in prog.ops:
+        if op.layer is not None:
+            key = (op.layer, "bwd" if op.phase == "bwd" else "fwd")
+            count[key] = count.get(key, 0) + 1
+    per_op = []
+    for op in prog.ops:
+        if op.layer is None or op.phase == "step":
+            per_op.append(costs.op_s if op.phase != "step" else 0.0)
+            continue
+        phase = "bwd" if op.phase == "bwd" else "fwd"
+        kind = "moe" if op.layer in moe_layers else "dense"
+        per_op.append(costs.layer_s[(kind, phase)] / count[(op.layer, phase)])
+    seconds = tuple(sum(per_op[i] for i in node.ops) for node in prog.nodes)
+    syncs = tuple(node.kind == "comm" and is_host_sync(prog.ops[node.ops[0]]) for node in prog.nodes)
+    return seconds, syncs
