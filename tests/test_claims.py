@@ -171,7 +171,8 @@ def test_extrapolation_is_affine_in_micro_batches():
         return StepRecord(step=0, step_time_s=t, tokens_per_s=m * 10 / t, tokens_per_s_per_gpu=m * 10 / t / 4,
                           model_tflops_per_gpu=m * 2.0 / t, mfu=m * 2.0 / t / 100, dropped_token_fraction=0.0,
                           expert_load_max_over_mean=1.0, expert_compute_s=0.1 * m, a2a_dispatch_s=0.0,
-                          a2a_combine_s=0.0, exposed_comm_s=0.01 * m, pipeline_bubble_s=3.0, dp_comm_s=0.5,
+                          a2a_combine_s=0.0, exposed_comm_s=0.01 * m, pipeline_bubble_s=3.0, host_late_s=0.0,
+                          dp_comm_s=0.5,
                           optimizer_s=0.2, peak_memory_gib=1.0)
     a, b = rec(8, 1.0 + 8 * 0.5), rec(16, 1.0 + 16 * 0.5)
     x = extrapolate_record(a, b, 8, 16, 120, tokens_per_step=1200)

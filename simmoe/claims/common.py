@@ -127,7 +127,7 @@ class ReducedBatchSteps:
 
 
 _AFFINE = ("step_time_s", "expert_compute_s", "a2a_dispatch_s", "a2a_combine_s", "exposed_comm_s",
-           "pipeline_bubble_s", "dp_comm_s", "optimizer_s")
+           "pipeline_bubble_s", "host_late_s", "dp_comm_s", "optimizer_s")
 
 
 def extrapolate_record(a, b, ma: float, mb: float, m: float, tokens_per_step: float):  # noqa: ANN001
