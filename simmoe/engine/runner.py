@@ -245,6 +245,7 @@ class Simulation:
         host = scenario.host
         self.host_costs = None if host.stack == "none" else host_costs(host.stack, host.cpu)
         self._moe_layer_set = frozenset(self._moe_layers())
+        self._host_s: dict = {}  # (program key, id of host_costs) -> program_host_s
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
         self._a2a_groups: dict = {}  # moe layer -> EP groups still to build their rows
         self._ep_gpu_tuples: dict = {}
@@ -586,7 +587,12 @@ class Simulation:
         none."""
         if self.host_costs is None:
             return None
-        return program_host_s(prog, self.host_costs, self._moe_layer_set)
+        # The engine is rebuilt every step; a program's host costs are not.
+        ckey = (key, id(self.host_costs))
+        got = self._host_s.get(ckey)
+        if got is None:
+            got = self._host_s[ckey] = program_host_s(prog, self.host_costs, self._moe_layer_set)
+        return got
 
     @property
     def host_sync_s(self) -> float:
