@@ -12,8 +12,11 @@ per op while the GPU is parked behind a sleep kernel: pure issue cost), gpu_s_pe
 seconds per op of the same ops back to back: the kernels alone), paced_s_per_op (wall seconds per
 op with nothing parked: the slower of the two wins), and for the sync probe the round trip.
 Probes: elementwise ``mul`` (no autograd), ``linear`` 256x256 (no autograd), the same ``linear``
-with autograd recording, its backward (``torch.autograd.backward`` of a chain, per op), and
-``item`` (an idle device-to-host copy of one element).
+with autograd recording, its backward (``torch.autograd.backward`` of a chain, per op),
+``item`` (an idle device-to-host copy of one element), and ``mul_cpu``: the same ``mul`` on a
+256-element CPU tensor, the probe benchmarks/megatron_host_calls.py times beside Megatron's layer,
+so a layer timed on one CPU can be carried to this host by CPU speed alone (its Python) plus this
+host's GPU issue cost (docs/validation.md, "How sure the host costs are").
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ def _median(xs):
     return statistics.median(xs)
 
 
-def _probes(torch, dev, n: int):
-    x = torch.randn(256, 256, device=dev, dtype=torch.bfloat16)
-    w = torch.randn(256, 256, device=dev, dtype=torch.bfloat16) / 16  # keeps the chain finite
+def _probes(torch, dev, n: int, size: int = 256, dtype: str = "bfloat16"):
+    dt = getattr(torch, dtype)
+    x = torch.randn(size, size, device=dev, dtype=dt)
+    w = torch.randn(size, size, device=dev, dtype=dt) / (size ** 0.5)  # keeps the chain finite
     wg = w.clone().requires_grad_(True)
 
     def mul():
@@ -86,13 +90,16 @@ def main() -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None)
     ap.add_argument("--ops", type=int, default=1000, help="ops per timed loop")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--size", type=int, default=256,
+                    help="probe tensors are size x size (8 on a CPU: the issue path, not the kernel)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--out")
     a = ap.parse_args()
     torch = import_torch()
     bench = open_bench(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     n = a.ops
     rows = []
-    for name, fn in _probes(torch, bench.device, n).items():
+    for name, fn in _probes(torch, bench.device, n, a.size, a.dtype).items():
         for _ in range(3):
             _time(torch, bench, fn, park=False)
         host, gpu, paced = [], [], []
@@ -133,6 +140,16 @@ def main() -> int:
         rt.append(time.perf_counter() - t0)
     rows.append({"probe": "item", "ops": 1, "host_s_per_op": _median(rt), "gpu_s_per_op": float("nan"),
                  "paced_s_per_op": _median(rt), "repeats": len(rt)})
+    a_cpu = torch.randn(256, dtype=torch.bfloat16)
+    cpu = []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        y = a_cpu
+        for _ in range(n):
+            y = y * 1.0
+        cpu.append((time.perf_counter() - t0) / n)
+    rows.append({"probe": "mul_cpu", "ops": n, "host_s_per_op": _median(cpu), "gpu_s_per_op": float("nan"),
+                 "paced_s_per_op": _median(cpu), "repeats": a.repeats})
     print(f"{'probe':>26} {'host us/op':>11} {'gpu us/op':>10} {'paced us/op':>12}")
     for r in rows:
         print(f"{r['probe']:>26} {r['host_s_per_op'] * 1e6:>11.2f} {r['gpu_s_per_op'] * 1e6:>10.2f} "

@@ -1,7 +1,8 @@
 """Megatron-Core's host work per transformer layer, counted and timed on a CPU.
 
     pip install --no-deps --target /tmp/mcore megatron-core==0.16.1
-    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --out results/host/megatron-core-0.16.1-cpu.csv
+    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --repeats 300 --runs 3 \
+        --out simmoe/data/host/megatron-core-0.16.1-cpu.csv
 
 Why: on an eager Megatron-Core run (no CUDA graphs) every PyTorch op a layer calls is issued from
 Python, one by one; where the GPU's kernels are shorter than the host's issue time, or where the MoE
@@ -16,9 +17,18 @@ kernels cost little next to the Python around them:
   rest), counted with a TorchDispatchMode;
 - ``host_s``: wall seconds of the layer's forward / backward on this CPU (median of repeats),
   and ``host_s_per_op`` = host_s / ops;
-- the same bare-op probe as benchmarks/host_issue.py (``mul``, no autograd) on this CPU, timed
-  between the layer's repeats (the same load), so the per-op figure can be carried to a GPU host
-  measured by that script (ratio of the two probes; simmoe.engine.host).
+- the bare-op probes of benchmarks/host_issue.py on this device, timed between the layer's
+  repeats (the same load): ``probe_mul_s`` (``mul``, no autograd: one forward op) and
+  ``probe_bwd_kernel_s`` (the backward of a chain of ``linear`` ops with autograd, per kernel: two
+  GEMMs and one gradient add per linear), so the framework's own work per op (host_s_per_op less
+  the probe of its phase) can be carried to a GPU host measured by that script
+  (simmoe.engine.host).
+
+With ``--device cuda`` (one GPU, ``--ep 1``) the same layer runs on the GPU with its real CUDA calls:
+at these tiny shapes every kernel is shorter than its issue, so the wall time of the layer's forward
+and backward is the host's issue time on that machine, device-to-host syncs included, with no
+CPU-to-GPU-host conversion (simmoe.engine.host carries CPU runs by the ratio of the two probes;
+docs/validation.md, "How sure the host costs are"). The probe is then a ``mul`` on the GPU.
 
 Rows: one per (layer kind, phase). ``ep`` > 1 runs that many processes over gloo so the
 all-to-all dispatcher's exchange is counted (its timing then includes gloo and is not used).
@@ -42,7 +52,7 @@ from pathlib import Path
 
 FIELDS = ("layer", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
           "experts_ops", "dispatcher_ops", "other_ops", "host_s", "host_s_per_op",
-          "probe_mul_s", "megatron_core", "torch")
+          "probe_mul_s", "probe_bwd_kernel_s", "megatron_core", "torch", "device", "run")
 
 # aten ops that change only metadata (no kernel on a GPU)
 _NO_KERNEL = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze",
@@ -87,7 +97,7 @@ def _stub_cuda(torch):
     dist.all_to_all_single = a2a_lists
 
 
-def _stub_megatron(torch):
+def _stub_megatron(torch, cuda: bool):
     import megatron.core.fusions.fused_softmax as fs
     import megatron.core.transformer.moe.experts as ex
     import megatron.core.transformer.moe.grouped_gemm_util as gg
@@ -95,9 +105,10 @@ def _stub_megatron(torch):
     import megatron.core.transformer.utils as tu
     from megatron.core import tensor_parallel
 
-    mask = lambda sq, *a, **k: torch.triu(torch.ones(sq, sq), diagonal=1).bool()  # noqa: E731
-    tu.get_default_causal_mask = fs.get_default_causal_mask = mask
-    tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
+    if not cuda:  # on a GPU these are Megatron's own
+        mask = lambda sq, *a, **k: torch.triu(torch.ones(sq, sq), diagonal=1).bool()  # noqa: E731
+        tu.get_default_causal_mask = fs.get_default_causal_mask = mask
+        tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
     mu.te_general_gemm = None  # the router GEMM in plain torch
 
     class Gmm(torch.autograd.Function):  # one op forward, two backward, as a grouped kernel
@@ -154,14 +165,22 @@ def _measure(rank: int, args, queue) -> None:
     import torch.distributed as dist
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    _stub_cuda(torch)
+    cuda = args.device == "cuda"
+    if not cuda:
+        _stub_cuda(torch)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(args.port))
     dist.init_process_group("gloo", rank=rank, world_size=args.ep)
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(1, 1, expert_model_parallel_size=args.ep)
-    _stub_megatron(torch)
+    if cuda:
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(0)
+    _stub_megatron(torch, cuda)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     import megatron.core
 
     rows = []
@@ -169,7 +188,7 @@ def _measure(rank: int, args, queue) -> None:
         moe = kind.startswith("moe")
         for local in (args.local_experts if moe else [0]):
             torch.manual_seed(0)
-            layer = _layer(torch, kind, local, args.ep)
+            layer = _layer(torch, kind, local, args.ep).to(dev)
             part = ["other"]
 
             def enter(name):
@@ -198,7 +217,7 @@ def _measure(rank: int, args, queue) -> None:
                         self.ops[part[-1]] += 1
                     return func(*args, **(kwargs or {}))
 
-            x = torch.randn(32, 1, 64, dtype=torch.bfloat16, requires_grad=True)
+            x = torch.randn(32, 1, 64, dtype=torch.bfloat16, device=dev, requires_grad=True)
 
             def forward():
                 out = layer(x, attention_mask=None)
@@ -212,19 +231,37 @@ def _measure(rank: int, args, queue) -> None:
             with Count() as bwd:
                 loss.backward()
             times = {"fwd": [], "bwd": []}
-            a = torch.randn(256, dtype=torch.bfloat16)
-            probe = []
+            a = torch.randn(256, dtype=torch.bfloat16, device=dev)
+            pw = (torch.randn(8, 8, device=dev) / 8).requires_grad_(True)
+            px = torch.randn(8, 8, device=dev)
+            chain = 50  # backward kernels: 2 x 50 - 1 GEMMs + 49 gradient adds
+            probe, probe_bwd = [], []
             for _ in range(args.repeats):  # the probe interleaved with the layer: same CPU load
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(200):
                     a = a * 1.0
                 probe.append((time.perf_counter() - t0) / 200)
+                y = px
+                for _ in range(chain):
+                    y = torch.nn.functional.linear(y, pw)
+                y = y.sum()
+                pw.grad = None
+                sync()
+                t0 = time.perf_counter()
+                y.backward()
+                sync()
+                probe_bwd.append((time.perf_counter() - t0) / (3 * chain - 2))
+                sync()
                 t0 = time.perf_counter()
                 out = forward()
+                sync()  # the GPU is idle between kernels here: the wait is one kernel's tail
                 t1 = time.perf_counter()
                 loss = out.sum()
+                sync()
                 t2 = time.perf_counter()
                 loss.backward()
+                sync()
                 t3 = time.perf_counter()
                 times["fwd"].append(t1 - t0)
                 times["bwd"].append(t3 - t2)
@@ -237,7 +274,9 @@ def _measure(rank: int, args, queue) -> None:
                              "host_s": host if args.ep == 1 else "",
                              "host_s_per_op": host / ops if args.ep == 1 else "",
                              "probe_mul_s": statistics.median(probe),
-                             "megatron_core": megatron.core.__version__, "torch": torch.__version__})
+                             "probe_bwd_kernel_s": statistics.median(probe_bwd),
+                             "megatron_core": megatron.core.__version__, "torch": torch.__version__,
+                             "device": torch.cuda.get_device_name() if cuda else "cpu"})
     if rank == 0:
         queue.put(rows)
     dist.destroy_process_group()
@@ -251,8 +290,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ep", type=int, nargs="+", default=[1, 2],
                     help="expert-parallel sizes (processes over gloo); timing only from ep 1")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=1, help="timed (ep 1) runs, each in fresh processes")
     ap.add_argument("--port", type=int, default=29517)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: time the layer on one GPU with its real CUDA calls (ep 1 only)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and args.ep != [1]:
+        ap.error("--device cuda runs one process on one GPU: give --ep 1")
     try:
         import megatron.core  # noqa: F401
     except ImportError:
@@ -263,19 +307,22 @@ def main(argv=None) -> int:
 
     rows = []
     for ep in args.ep:
-        run = argparse.Namespace(**{**vars(args), "ep": ep, "port": args.port + ep})
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_measure, args=(r, run, queue)) for r in range(ep)]
-        for p in procs:
-            p.start()
-        got = queue.get(timeout=1800)
-        for p in procs:
-            p.join()
-            if p.exitcode:
-                print(f"a process of the ep {ep} run failed", file=sys.stderr)
-                return 1
-        rows += got
+        # Timed (ep 1) runs are repeated in fresh processes: on a shared machine the seconds drift
+        # with its load from run to run; the counts (ep > 1) need one.
+        for i in range(args.runs if ep == 1 else 1):
+            run = argparse.Namespace(**{**vars(args), "ep": ep, "port": args.port + 10 * i + ep})
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            procs = [ctx.Process(target=_measure, args=(r, run, queue)) for r in range(ep)]
+            for p in procs:
+                p.start()
+            got = queue.get(timeout=1800)
+            for p in procs:
+                p.join()
+                if p.exitcode:
+                    print(f"a process of the ep {ep} run failed", file=sys.stderr)
+                    return 1
+            rows += [{**r, "run": i} for r in got]
     w = csv.DictWriter(sys.stdout, FIELDS)
     w.writeheader()
     w.writerows(rows)

@@ -35,26 +35,62 @@ def test_cpu_figures_are_the_committed_measurements():
         rows = {r["probe"]: r for r in _csv(path)}
         assert cpu["probe_mul_s"] == pytest.approx(float(rows["mul"]["host_s_per_op"]), rel=1e-6), name
         assert cpu["sync_s"] == pytest.approx(float(rows["item"]["host_s_per_op"]), rel=1e-6), name
+        # per linear of a chain of n: 2 GEMMs and 1 gradient add, less one GEMM at the start
+        bwd = rows["linear_autograd_backward"]
+        n = int(bwd["ops"])
+        assert cpu["bwd_kernel_s"] == pytest.approx(float(bwd["host_s_per_op"]) * n / (3 * n - 2), rel=1e-6), name
+        if "cpu_mul_s" in cpu:  # the host's CPU speed, where its run had the probe
+            assert cpu["cpu_mul_s"] == pytest.approx(float(rows["mul_cpu"]["host_s_per_op"]), rel=1e-6), name
 
 
 def test_layer_seconds_by_hand_from_the_megatron_measurement():
     rows = _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
+    cpus = yaml.safe_load((HOST_DIR / "cpus.yaml").read_text())["cpus"]
     got = host_costs("megatron_core", "x86-lent-1")
+    timed = [r for r in rows if r["host_s"]]
+    cpu_op_s = statistics.median(float(r["probe_mul_s"]) for r in timed)  # no cpu_mul_s measured
+    # phase -> (the CSV's probe column, the GPU host's field for the same probe)
+    probe = {"fwd": ("probe_mul_s", "probe_mul_s"), "bwd": ("probe_bwd_kernel_s", "bwd_kernel_s")}
+    ops = {}
     for kind in ("dense", "moe"):
         for phase in ("fwd", "bwd"):
+            column, field = probe[phase]
+            gpu_op_s = cpus["x86-lent-1"][field]
             mine = [r for r in rows if r["layer"] == kind and r["phase"] == phase]
-            timed = [float(r["host_s"]) / int(r["ops"]) / float(r["probe_mul_s"]) for r in mine if r["host_s"]]
-            ops = max(int(r["ops"]) for r in mine)
-            assert got.layer_s[(kind, phase)] == pytest.approx(ops * statistics.median(timed) * got.op_s)
-    # A slower host scales every figure by its bare-op cost.
+            # the layer's seconds per op less the bare op of its phase, in bare forward ops
+            framework = [(float(r["host_s"]) / int(r["ops"]) - float(r[column])) / float(r["probe_mul_s"])
+                         for r in mine if r["host_s"]]
+            ops[kind, phase] = max(int(r["ops"]) for r in mine)
+            want = ops[kind, phase] * (statistics.median(framework) * cpu_op_s + gpu_op_s)
+            assert got.layer_s[(kind, phase)] == pytest.approx(want)
+    # A slower GPU host adds its slower bare issue per op, nothing more: its CPU was not measured.
     slow = host_costs("megatron_core", "x86-lent-2")
-    ratio = slow.op_s / got.op_s
-    assert ratio > 1
-    for key, s in got.layer_s.items():
-        assert slow.layer_s[key] == pytest.approx(s * ratio)
+    for (kind, phase), s in got.layer_s.items():
+        field = probe[phase][1]
+        extra = cpus["x86-lent-2"][field] - cpus["x86-lent-1"][field]
+        assert extra > 0
+        assert slow.layer_s[(kind, phase)] == pytest.approx(s + ops[kind, phase] * extra)
     # Megatron-Core issues more per MoE layer than per dense one, and the counts are what the
     # harness saw: attention is the same code in both.
     assert got.layer_s[("moe", "fwd")] > got.layer_s[("dense", "fwd")]
+
+
+def test_a_measured_host_cpu_carries_the_framework_by_its_speed(monkeypatch):
+    import simmoe.engine.host as host
+
+    ref = host_costs("megatron_core", "x86-lent-1")
+    rows = [r for r in _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv") if r["host_s"]]
+    cpu_op_s = statistics.median(float(r["probe_mul_s"]) for r in rows)
+    lent = dict(host._cpus()["x86-lent-1"])
+    monkeypatch.setattr(host, "_cpus", lambda: {"x86-lent-1": lent,
+                                                "twice-slower": {**lent, "cpu_mul_s": 2 * cpu_op_s}})
+    slow = host_costs("megatron_core", "twice-slower")
+    for key, s in ref.layer_s.items():
+        ops = max(int(r["ops"]) for r in _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
+                  if (r["layer"], r["phase"]) == key)
+        gpu_op_s = lent["probe_mul_s"] if key[1] == "fwd" else lent["bwd_kernel_s"]
+        # the framework's share doubles; the GPU issue share is the host's own
+        assert slow.layer_s[key] - ops * gpu_op_s == pytest.approx(2 * (s - ops * gpu_op_s))
 
 
 def test_unknown_names_are_input_errors():

@@ -11,11 +11,19 @@ cannot finish before the clock after its issue (the GPU waits for the host: "hos
 collective cannot start before its issue; a dispatch in the forward sets the clock to when the
 dispatch starts, plus the device-to-host round trip.
 
-Host seconds per layer come from measurements only (simmoe/data/host/): Megatron-Core's own layer
-code run on a CPU (``benchmarks/megatron_host_calls.py``: ops per layer and host seconds per op,
-as a multiple of a bare PyTorch op on the same CPU) times the bare-op issue cost measured on a GPU
-host (``benchmarks/host_issue.py``). A layer's host seconds are spread evenly over simmoe's ops of
-that layer and phase (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues).
+Host seconds per layer come from measurements only (simmoe/data/host/). An op's host time is the
+framework's own Python around it plus the issue of its kernel:
+
+    layer seconds = ops x (framework seconds per op + the GPU host's bare issue per op)
+
+``benchmarks/megatron_host_calls.py`` runs Megatron-Core's own layer code on a CPU and gives the
+ops per layer and, per op, the host seconds less a bare op of the same phase timed beside it (the
+framework's share, as a multiple of a bare op on that CPU); ``benchmarks/host_issue.py`` gives a
+GPU host's bare issue per op (forward: an elementwise op; backward: one kernel of autograd's
+backward of a linear chain). Where a GPU host's bare CPU op (``cpu_mul_s``) is not measured, its
+CPU is assumed as fast as the reference CPU (docs/validation.md, "How sure the host costs are").
+A layer's host seconds are spread evenly over simmoe's ops of that layer and phase (simmoe's ~25-40
+fused ops stand for the ~100-140 the framework issues).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ class HostCosts:
     stack: str
     cpu: str
     layer_s: dict  # (kind "dense"|"moe", phase "fwd"|"bwd") -> host seconds per layer and micro-batch
-    op_s: float  # one bare op (embedding, head, loss: ops outside the layers)
+    op_s: float  # one bare forward op (embedding, head, loss: ops outside the layers)
     sync_s: float  # a device-to-host read of an idle GPU
 
 
@@ -71,19 +79,26 @@ def host_costs(stack: str, cpu: str) -> HostCosts:
     cpus = _cpus()
     if cpu not in cpus:
         raise InputError("unknown host CPU", field="host.cpu", value=cpu, allowed=", ".join(cpus))
-    probe_s = float(cpus[cpu]["probe_mul_s"])
+    # The GPU host's bare issue per op, and the column of the same probe in the stack's CPU run.
+    bare = {"fwd": (float(cpus[cpu]["probe_mul_s"]), "probe_mul_s"),
+            "bwd": (float(cpus[cpu]["bwd_kernel_s"]), "probe_bwd_kernel_s")}
     rows = _stack_rows(stack)
+    timed = [r for r in rows if r["host_s_per_op"]]  # the ep > 1 runs' timing includes gloo
+    # The framework's Python is carried by CPU speed: as a multiple of a bare CPU op (steady
+    # where the seconds drift with the machine's load), times the host's bare CPU op when
+    # measured (host_issue.py's mul_cpu), else the reference CPU's (assumption: same speed).
+    cpu_op_s = float(cpus[cpu].get("cpu_mul_s") or statistics.median(float(r["probe_mul_s"]) for r in timed))
     layer_s = {}
     for kind in ("dense", "moe"):
         for phase in ("fwd", "bwd"):
-            # Ops counted with the dispatcher's exchange (ep > 1); host seconds per op from the
-            # single-process runs, as a multiple of the bare-op probe timed beside them.
-            ops = max(int(r["ops"]) for r in rows if r["layer"] == kind and r["phase"] == phase)
-            ratio = statistics.median(float(r["host_s_per_op"]) / float(r["probe_mul_s"])
-                                      for r in rows if r["layer"] == kind and r["phase"] == phase
-                                      and r["host_s_per_op"])
-            layer_s[(kind, phase)] = ops * ratio * probe_s
-    return HostCosts(stack, cpu, layer_s, probe_s, float(cpus[cpu]["sync_s"]))
+            gpu_op_s, probe_column = bare[phase]
+            mine = [r for r in rows if r["layer"] == kind and r["phase"] == phase]
+            ops = max(int(r["ops"]) for r in mine)  # counted with the dispatcher's exchange
+            framework = statistics.median((float(r["host_s_per_op"]) - float(r[probe_column]))
+                                          / float(r["probe_mul_s"])
+                                          for r in mine if r["host_s_per_op"])
+            layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
+    return HostCosts(stack, cpu, layer_s, bare["fwd"][0], float(cpus[cpu]["sync_s"]))
 
 
 def is_host_sync(op) -> bool:
