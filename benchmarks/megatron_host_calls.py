@@ -1,4 +1,4 @@
-"""Megatron-Core's host work per transformer layer, counted and timed on a CPU.
+"""Megatron-Core's host work per transformer layer, counted and timed on a CPU (or on one GPU).
 
     pip install --no-deps --target /tmp/mcore megatron-core==0.16.1
     PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --repeats 300 --runs 3 \
@@ -27,8 +27,9 @@ kernels cost little next to the Python around them:
 With ``--device cuda`` (one GPU, ``--ep 1``) the same layer runs on the GPU with its real CUDA calls:
 at these tiny shapes every kernel is shorter than its issue, so the wall time of the layer's forward
 and backward is the host's issue time on that machine, device-to-host syncs included, with no
-CPU-to-GPU-host conversion (simmoe.engine.host carries CPU runs by the ratio of the two probes;
-docs/validation.md, "How sure the host costs are"). The probe is then a ``mul`` on the GPU.
+CPU-to-GPU-host conversion (simmoe.engine.host carries a CPU run as the framework's share plus the
+GPU host's bare issue per op; run both on one GPU host to test that: docs/validation.md, "How
+sure the host costs are"). The probes then run on the GPU too.
 
 Rows: one per (layer kind, phase). ``ep`` > 1 runs that many processes over gloo so the
 all-to-all dispatcher's exchange is counted (its timing then includes gloo and is not used).
