@@ -79,15 +79,14 @@ def test_a_measured_host_cpu_carries_the_framework_by_its_speed(monkeypatch):
     import simmoe.engine.host as host
 
     ref = host_costs("megatron_core", "x86-lent-1")
-    rows = [r for r in _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv") if r["host_s"]]
-    cpu_op_s = statistics.median(float(r["probe_mul_s"]) for r in rows)
+    rows = _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
+    cpu_op_s = statistics.median(float(r["probe_mul_s"]) for r in rows if r["host_s"])
     lent = dict(host._cpus()["x86-lent-1"])
     monkeypatch.setattr(host, "_cpus", lambda: {"x86-lent-1": lent,
                                                 "twice-slower": {**lent, "cpu_mul_s": 2 * cpu_op_s}})
     slow = host_costs("megatron_core", "twice-slower")
     for key, s in ref.layer_s.items():
-        ops = max(int(r["ops"]) for r in _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
-                  if (r["layer"], r["phase"]) == key)
+        ops = max(int(r["ops"]) for r in rows if (r["layer"], r["phase"]) == key)
         gpu_op_s = lent["probe_mul_s"] if key[1] == "fwd" else lent["bwd_kernel_s"]
         # the framework's share doubles; the GPU issue share is the host's own
         assert slow.layer_s[key] - ops * gpu_op_s == pytest.approx(2 * (s - ops * gpu_op_s))

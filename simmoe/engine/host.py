@@ -96,7 +96,7 @@ def host_costs(stack: str, cpu: str) -> HostCosts:
             ops = max(int(r["ops"]) for r in mine)  # counted with the dispatcher's exchange
             framework = statistics.median((float(r["host_s_per_op"]) - float(r[probe_column]))
                                           / float(r["probe_mul_s"])
-                                          for r in mine if r["host_s_per_op"])
+                                          for r in timed if r["layer"] == kind and r["phase"] == phase)
             layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
     return HostCosts(stack, cpu, layer_s, bare["fwd"][0], float(cpus[cpu]["sync_s"]))
 
