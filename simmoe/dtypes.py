@@ -8,8 +8,7 @@ FP8_BYTES_PER_ELEMENT = 1.0 + 4.0 / 128.0
 # along the reduction dimension. The same bytes per element as above, laid out differently.
 MXFP8_BYTES_PER_ELEMENT = 1.0 + 1.0 / 32.0
 
-
-def gemm_compute_dtype(precision: str) -> str:
-    """The dtype simmoe.compute times a GEMM of this precision at: MXFP8 runs on the FP8 tensor
-    cores at the FP8 rate (docs/compute.md, "MXFP8 GEMMs")."""
-    return "fp8" if precision == "mxfp8" else precision
+# GEMM dtypes whose inputs are quantized to FP8 by a kernel of their own (simmoe.workload.builder).
+FP8_GEMM_DTYPES = frozenset({"fp8", "mxfp8"})
+# Tensor-core generations with MX block-scaled FP8 (hardware.yaml `architecture`).
+MX_ARCHITECTURES = frozenset({"blackwell"})

@@ -3,8 +3,9 @@
 CONTRACT: the engine reads only these methods. Every method returns seconds for ONE kernel on ONE
 GPU. Arguments broadcast like numpy (scalars in, float out; arrays in, array out), except
 ``tokens_per_expert``, whose LAST axis runs over the experts of one grouped kernel (leading axes are
-independent calls). Shapes are in elements, counts in tokens, ``dtype`` is "bf16" or "fp8" (FP8 =
-FP8 inputs with fine-grained scales, BF16 output, as DeepSeek-V3 / Transformer Engine).
+independent calls). Shapes are in elements, counts in tokens, ``dtype`` is "bf16", "fp8" (FP8
+inputs with fine-grained scales, BF16 output, as DeepSeek-V3 / Transformer Engine) or, for GEMMs on
+GPUs with MX tensor cores, "mxfp8" (E8M0 scales per 32 elements).
 """
 
 from __future__ import annotations

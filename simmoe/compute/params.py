@@ -16,7 +16,11 @@ from simmoe.errors import InputError
 from simmoe.paths import PACKAGE_DATA_DIR
 
 DEFAULT_ROOFLINE_FILE = PACKAGE_DATA_DIR / "roofline.yaml"
-DTYPES = ("bf16", "fp8")
+DTYPES = ("bf16", "fp8")  # tensor-core dtypes, each with its own anchor, tiles and clocks
+# Block-scaled formats: GEMMs on one of DTYPES' tensor cores with their own scale layout and
+# main-loop rate (roofline.yaml `block_scaled`). MXFP8: the FP8 tensor cores, E8M0 scales per 32.
+BLOCK_SCALED = ("mxfp8",)
+GEMM_DTYPES = DTYPES + BLOCK_SCALED
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,15 @@ class DtypeBytes:
     output_bytes: float
     a_scale_bytes_per_element: float
     b_scale_bytes_per_element: float
+
+
+@dataclass(frozen=True)
+class BlockScaledFormat:
+    """A GEMM format that runs on the tensor cores of ``runs_as`` (its peak, anchor, tiles and
+    clocks) with its own scale bytes and a main loop ``main_loop_time_factor`` times as long."""
+
+    runs_as: str
+    main_loop_time_factor: float
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,8 @@ class RooflineParams:
     anchors: dict[str, GemmAnchor]  # default per dtype (GPUs of an architecture not listed below)
     # architecture (hardware.yaml) -> dtype -> anchor measured on a GPU of that architecture
     architecture_anchors: dict[str, dict[str, GemmAnchor]]
-    dtypes: dict[str, DtypeBytes]
+    dtypes: dict[str, DtypeBytes]  # per GEMM_DTYPES entry
+    block_scaled: dict[str, BlockScaledFormat]
     attention_block_q: int
     attention_block_k: int
     attention_fraction_of_peak: dict[str, float]  # keys "<dtype>_forward" / "<dtype>_backward"
@@ -193,6 +207,42 @@ def _architecture_anchors(tree: dict, file: str) -> dict[str, dict[str, GemmAnch
     return out
 
 
+def _dtype_bytes(tree: dict, base: str, file: str) -> DtypeBytes:
+    return DtypeBytes(
+        input_bytes=_positive(tree, f"{base}.input_bytes", file),
+        output_bytes=_positive(tree, f"{base}.output_bytes", file),
+        a_scale_bytes_per_element=_positive(tree, f"{base}.a_scale_bytes_per_element", file, allow_zero=True),
+        b_scale_bytes_per_element=_positive(tree, f"{base}.b_scale_bytes_per_element", file, allow_zero=True),
+    )
+
+
+def _block_scaled(tree: dict, file: str) -> tuple[dict[str, BlockScaledFormat], dict[str, DtypeBytes]]:
+    """block_scaled.<format>: optional (older parameter files lack it: the format is then unknown)."""
+    node = tree.get("block_scaled")
+    if node is None:
+        return {}, {}
+    if not isinstance(node, dict):
+        raise InputError("expected a mapping such as {mxfp8: {runs_as: fp8, ...}}", file=file, field="block_scaled")
+    unknown = sorted(set(node) - set(BLOCK_SCALED))
+    if unknown:
+        raise InputError("unknown block-scaled format", file=file, field=f"block_scaled.{unknown[0]}",
+                         value=unknown[0], allowed=", ".join(BLOCK_SCALED))
+    formats, nbytes = {}, {}
+    for name in node:
+        base = f"block_scaled.{name}"
+        runs_as = _get(tree, f"{base}.runs_as", file)
+        if runs_as not in DTYPES:
+            raise InputError("bad value", file=file, field=f"{base}.runs_as", value=runs_as,
+                             allowed=", ".join(DTYPES))
+        factor = float(_positive(tree, f"{base}.main_loop_time_factor", file))
+        if not 0.5 <= factor <= 3.0:
+            raise InputError("bad value", file=file, field=f"{base}.main_loop_time_factor", value=factor,
+                             allowed="a ratio between 0.5 and 3 (1: as fast as the runs_as main loop)")
+        formats[name] = BlockScaledFormat(runs_as=runs_as, main_loop_time_factor=factor)
+        nbytes[name] = _dtype_bytes(tree, base, file)
+    return formats, nbytes
+
+
 def _parse(text: str, file: str) -> RooflineParams:
     try:
         tree = yaml.safe_load(text)
@@ -213,17 +263,9 @@ def _parse(text: str, file: str) -> RooflineParams:
     anchors = {dtype: _anchor(tree, f"gemm.anchors.{dtype}", file) for dtype in DTYPES}
     architecture_anchors = _architecture_anchors(tree, file)
 
-    dtypes = {
-        dtype: DtypeBytes(
-            input_bytes=_positive(tree, f"dtypes.{dtype}.input_bytes", file),
-            output_bytes=_positive(tree, f"dtypes.{dtype}.output_bytes", file),
-            a_scale_bytes_per_element=_positive(
-                tree, f"dtypes.{dtype}.a_scale_bytes_per_element", file, allow_zero=True),
-            b_scale_bytes_per_element=_positive(
-                tree, f"dtypes.{dtype}.b_scale_bytes_per_element", file, allow_zero=True),
-        )
-        for dtype in DTYPES
-    }
+    dtypes = {dtype: _dtype_bytes(tree, f"dtypes.{dtype}", file) for dtype in DTYPES}
+    block_scaled, block_scaled_bytes = _block_scaled(tree, file)
+    dtypes.update(block_scaled_bytes)
 
     fractions = _get(tree, "attention.fraction_of_peak", file)
     if not isinstance(fractions, dict) or not fractions:
@@ -262,6 +304,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         anchors=anchors,
         architecture_anchors=architecture_anchors,
         dtypes=dtypes,
+        block_scaled=block_scaled,
         attention_block_q=_positive(tree, "attention.block_q", file, integer=True),
         attention_block_k=_positive(tree, "attention.block_k", file, integer=True),
         attention_fraction_of_peak=attention_fraction,

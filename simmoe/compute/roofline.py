@@ -16,12 +16,15 @@ import numpy as np
 
 from simmoe.compute.params import (
     DEFAULT_ROOFLINE_FILE,
+    BLOCK_SCALED,
     DTYPES,
+    GEMM_DTYPES,
     RooflineParams,
     access_slowdown,
     load_roofline_params,
 )
 from simmoe.compute.sm_share import check_sms_held
+from simmoe.dtypes import MX_ARCHITECTURES
 from simmoe.errors import InputError
 from simmoe.hardware import GpuSpec, gpu_spec
 
@@ -114,26 +117,40 @@ class RooflineModel:
         tflops = spec.bf16_dense_tflops if dtype == "bf16" else spec.fp8_dense_tflops
         return None if tflops is None else tflops * 1e12
 
-    def _check_dtype(self, dtype: str) -> None:
-        if dtype not in DTYPES:
-            raise InputError("unknown dtype", field="dtype", value=dtype, allowed=", ".join(DTYPES))
-        if self._peak_or_none(self.spec, dtype) is None:
+    def _runs_as(self, dtype: str) -> str:
+        """The tensor-core dtype whose peak, anchor, tiles and clocks a GEMM in ``dtype`` uses."""
+        fmt = self.params.block_scaled.get(dtype)
+        return dtype if fmt is None else fmt.runs_as
+
+    def _check_dtype(self, dtype: str, formats: tuple[str, ...] = GEMM_DTYPES) -> None:
+        known = tuple(d for d in formats if d in DTYPES or d in self.params.block_scaled)
+        if dtype not in known:
+            raise InputError("unknown dtype", field="dtype", value=dtype, allowed=", ".join(known))
+        runs_as = self._runs_as(dtype)
+        if self._peak_or_none(self.spec, runs_as) is None or (
+                dtype in BLOCK_SCALED and self.spec.architecture not in MX_ARCHITECTURES):
             raise InputError(
                 f"{self.spec.name} has no {dtype.upper()} tensor cores (simmoe/data/hardware.yaml)",
-                field="dtype", value=dtype, allowed=", ".join(d for d in DTYPES if d in self.gemm_efficiency),
+                field="dtype", value=dtype,
+                allowed=", ".join(d for d in DTYPES if d in self.gemm_efficiency),
             )
 
     def _flops_per_s(self, dtype: str) -> float:
         """Main-loop rate of a GEMM in ``dtype`` on the compute SMs: datasheet peak x solved
-        efficiency x the fraction of SMs compute may use, at the model's clocks."""
-        return (self._peak_or_none(self.spec, dtype) * self.gemm_efficiency[dtype] * self.sm_fraction
-                / self.clock_factor[dtype])
+        efficiency x the fraction of SMs compute may use, at the model's clocks; a block-scaled
+        format's main loop is its own factor slower than that of the dtype it runs as."""
+        runs_as = self._runs_as(dtype)
+        fmt = self.params.block_scaled.get(dtype)
+        slowdown = 1.0 if fmt is None else fmt.main_loop_time_factor
+        return (self._peak_or_none(self.spec, runs_as) * self.gemm_efficiency[runs_as] * self.sm_fraction
+                / self.clock_factor[runs_as] / slowdown)
 
     def _tile_depth(self, k, dtype: str):
         """Main-loop depth one tile pays for: K padded to the main-loop step, plus the per-tile fixed
         cost (pipeline fill, epilogue) expressed in K elements (roofline.yaml gemm.tile_fixed_k)."""
-        tile_k = self.params.tile_k[dtype]
-        return _ceil_div(k, tile_k) * tile_k + self.params.tile_fixed_k[dtype]
+        runs_as = self._runs_as(dtype)
+        tile_k = self.params.tile_k[runs_as]
+        return _ceil_div(k, tile_k) * tile_k + self.params.tile_fixed_k[runs_as]
 
     # -- efficiency from the anchor ---------------------------------------------------------------
 
@@ -188,7 +205,7 @@ class RooflineModel:
         self._check_dtype(dtype)
         m, n, k = np.broadcast_arrays(_nonnegative(m, "m"), _nonnegative(n, "n"), _nonnegative(k, "k"))
         p, d, sms = self.params, self.params.dtypes[dtype], self._sms
-        tile_k = p.tile_k[dtype]
+        tile_k = p.tile_k[self._runs_as(dtype)]
         kblocks = _ceil_div(k, tile_k)
         rate = self._flops_per_s(dtype)
         base_bytes = m * k * (d.input_bytes + d.a_scale_bytes_per_element) + k * n * (
@@ -203,7 +220,7 @@ class RooflineModel:
         s = np.arange(2, sms + 1, dtype=np.float64)
         for tile_m, tile_n in p.tile_shapes:
             tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
-            kfix = p.tile_fixed_k[dtype]
+            kfix = p.tile_fixed_k[self._runs_as(dtype)]
             candidates_c = [np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * (kblocks * tile_k + kfix) / rate]
             candidates_m = [base_bytes / bw]
             candidates_s = [np.ones(m.shape)]
@@ -317,7 +334,7 @@ class RooflineModel:
     def attention_parts(self, batch, seq_len, heads, head_dim_qk, head_dim_v, causal: bool, dtype: str,
                         backward: bool) -> dict:
         """Breakdown of ``attention_s`` for scalar arguments."""
-        self._check_dtype(dtype)
+        self._check_dtype(dtype, DTYPES)
         direction = "backward" if backward else "forward"
         fraction = self.params.attention_fraction_of_peak.get(f"{dtype}_{direction}")
         if fraction is None:

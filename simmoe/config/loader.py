@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from simmoe.config.messages import problem_from_pydantic
 from simmoe.config.rules import Problem, check_scenario
 from simmoe.config.schema import Scenario
+from simmoe.dtypes import MX_ARCHITECTURES
 from simmoe.errors import ConfigError, InputError
 from simmoe.paths import PACKAGE_DATA_DIR, SCENARIO_DIR, resolve_file, resolve_topology
 
@@ -37,8 +38,6 @@ DEFAULT_SCENARIO = BUILTIN_SCENARIO_DIR / "default.yaml"
 
 # Keys the loader consumes; they never reach the schema.
 _LOADER_KEYS = ("extends", "overrides")
-# Tensor-core generations with MX block-scaled FP8 (hardware.yaml `architecture`).
-MX_ARCHITECTURES = frozenset({"blackwell"})
 # Fields holding paths, made absolute relative to the file that wrote them (when they exist there).
 _PATH_FIELDS = (("cluster", "topology"), ("routing", "imbalance", "trace_file"))
 

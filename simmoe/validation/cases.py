@@ -83,7 +83,7 @@ class KernelRun(_Facts):
 
     gpu: str  # a GPU name in simmoe/data/hardware.yaml
     op: Literal["gemm", "attention"]
-    # mxfp8: timed as an FP8 GEMM, as the engine times training.precision mxfp8 (docs/compute.md)
+    # mxfp8: timed as the engine times training.precision mxfp8 (docs/compute.md, "MXFP8 GEMMs")
     dtype: Literal["bf16", "fp8", "mxfp8"] = "bf16"
     m: Optional[PosInt] = None
     n: Optional[PosInt] = None

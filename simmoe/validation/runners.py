@@ -123,12 +123,11 @@ def attention_benchmark_flops(spec: KernelRun) -> float:
 def run_kernel(case: Case, spec: KernelRun) -> Outcome:
     """The kernel's time from the roofline model the engine uses (default parameters, all SMs)."""
     from simmoe.compute.roofline import RooflineModel
-    from simmoe.dtypes import gemm_compute_dtype
 
     model = RooflineModel(spec.gpu, field="run.kernel.gpu", file=case.file, clocks=spec.clocks)
     notes = [f"simmoe's roofline for {model.spec.name} at {spec.clocks} clocks, no calibration profile"]
     if spec.op == "gemm":
-        time_s = float(model.gemm_s(spec.m, spec.n, spec.k, gemm_compute_dtype(spec.dtype)))
+        time_s = float(model.gemm_s(spec.m, spec.n, spec.k, spec.dtype))
         return Outcome({"time_ms": time_s * 1e3, "tflops": 2.0 * spec.m * spec.n * spec.k / time_s / 1e12},
                        notes)
     forward_flops = attention_benchmark_flops(spec)

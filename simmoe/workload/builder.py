@@ -45,7 +45,7 @@ from simmoe.dtypes import (
     BF16_BYTES_PER_ELEMENT,
     FP8_BYTES_PER_ELEMENT,
     MXFP8_BYTES_PER_ELEMENT,
-    gemm_compute_dtype,
+    FP8_GEMM_DTYPES,
 )
 from simmoe.workload.ops import AttentionOp, CollectiveOp, ExpertGemmOp, GemmOp, MemoryOp, Op
 from simmoe.workload.params import (
@@ -118,8 +118,8 @@ class _Ctx:
         self.T = tr.micro_batch * tr.seq_len // par.cp
         self.Tsp = self.T // par.tp if self.sp else self.T
         self.Tm = -(-self.T // par.tp)
-        # The recipe (fp8 or mxfp8) sets the quantization kernels' bytes, not the GEMMs' timing.
-        self.lin = gemm_compute_dtype(tr.precision)
+        # The linear layers' GEMM dtype: bf16, fp8 or mxfp8 (its own main-loop rate: docs/compute.md).
+        self.lin = tr.precision
         self.quant = MX_QUANT if tr.precision == "mxfp8" else FINE_GRAINED_QUANT
         self.recompute = tr.activation_recompute
         self.eager = tr.kernels == "eager"
@@ -211,7 +211,7 @@ class _Seq:
     def gemm(self, base: str, m: int, n: int, k: int, dtype: str, *, role: str = "", redundancy: int = 1,
              also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None,
              quantized_input: bool = False) -> str:
-        if dtype == "fp8" and not quantized_input:  # quantize the (m x k) input first (docstring)
+        if dtype in FP8_GEMM_DTYPES and not quantized_input:  # quantize the (m x k) input first (docstring)
             qname = self.mem(f"{base}.quant", m * k * self.quant.fwd, role=role, also=also, side_after=side_after)
             also, side_after = (), (None if side_after is None else (qname,))
         fields = dict(layer=_layer(base), m=int(m), n=int(n), k=int(k), dtype=dtype,
@@ -257,7 +257,7 @@ def _gemm_bwd(q: _Seq, base: str, m: int, n: int, k: int, dtype: str, *, redunda
               also: tuple[str | None, ...] = (), side_after: tuple[str | None, ...] | None = None) -> str:
     """Backward of a forward (m x k) @ (k x n): ONE op with the forward's shapes standing for dgrad
     + wgrad (2x the forward FLOPs; the engine times it with simmoe.compute.gemm_backward_s)."""
-    if dtype == "fp8":  # output gradient (m x n) and saved input (m x k) re-quantized (docstring)
+    if dtype in FP8_GEMM_DTYPES:  # output gradient (m x n) and saved input (m x k) re-quantized (docstring)
         qname = q.mem(f"{base}.bwd_quant", m * n * q.quant.grad + m * k * q.quant.requant_input,
                       also=also, side_after=side_after)
         also, side_after = (), (None if side_after is None else (qname,))
@@ -522,7 +522,7 @@ def _expert_gemm(q: _Seq, base: str, n: int, k: int, c: _Ctx, backward: bool, al
     with 1/etp of the weights); summed over an EP group this is exact whatever the imbalance."""
     mean_rows = c.Tm * c.k * c.etp
     flops = 2.0 * mean_rows * n * k * (2 if backward else 1)
-    if c.lin == "fp8" and (backward or not quantized_input):  # at the balanced load, as other memory ops
+    if c.lin in FP8_GEMM_DTYPES and (backward or not quantized_input):  # at the balanced load, as other memory ops
         nbytes = (mean_rows * n * c.quant.grad + mean_rows * k * c.quant.requant_input if backward
                   else mean_rows * k * c.quant.fwd)
         q.mem(f"{base[:-4] if backward else base}.{'bwd_quant' if backward else 'quant'}", nbytes, also=also)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Phase = Literal["fwd", "bwd", "recompute", "step"]
-Dtype = Literal["bf16", "fp8", "fp32"]
+Dtype = Literal["bf16", "fp8", "mxfp8", "fp32"]
 # Parallel groups a collective runs over (simmoe.placement.ParallelLayout.groups names).
 Group = Literal["tp", "cp", "dp", "dp_cp", "ep", "edp", "pp", "expert_tp"]
 
