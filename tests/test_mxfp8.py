@@ -4,8 +4,12 @@ MXFP8BlockScaling recipe runs them (simmoe.workload.builder docstring, docs/work
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from simmoe.compute.params import DEFAULT_ROOFLINE_FILE
+from simmoe.compute.roofline import RooflineModel
 from simmoe.config import load_scenario
+from simmoe.errors import InputError
 from simmoe.memory import _Act
 from simmoe.workload import build_stage_program
 from simmoe.workload.ops import ExpertGemmOp, GemmOp
@@ -88,8 +92,6 @@ TE_GUIDE_MX_OVER_PER_TENSOR = 7.161 / 6.812  # pre-quantized per-layer GEMM time
 
 
 def test_mx_gemms_reproduce_te_guide_layer_ratio_over_per_tensor_fp8():
-    from simmoe.compute.roofline import RooflineModel
-
     model = RooflineModel("B200", clocks="burst")
     mx = sum(model.gemm_s(m, n, k, "mxfp8") for m, k, n in TE_GUIDE_SHAPES_MKN)
     fp8 = sum(model.gemm_s(m, n, k, "fp8") for m, k, n in TE_GUIDE_SHAPES_MKN)
@@ -99,8 +101,6 @@ def test_mx_gemms_reproduce_te_guide_layer_ratio_over_per_tensor_fp8():
 
 
 def test_mx_factor_slows_the_main_loop_not_hbm_bound_gemms():
-    from simmoe.compute.roofline import RooflineModel
-
     model = RooflineModel("B200")
     factor = model.params.block_scaled["mxfp8"].main_loop_time_factor
     big = model.gemm_parts(16384, 16384, 16384, "mxfp8"), model.gemm_parts(16384, 16384, 16384, "fp8")
@@ -118,15 +118,10 @@ def test_mx_factor_slows_the_main_loop_not_hbm_bound_gemms():
 
 
 def test_mx_gemm_needs_blackwell_and_the_format_in_the_parameter_file(tmp_path):
-    from simmoe.compute.roofline import RooflineModel
-    from simmoe.errors import InputError
-
     with pytest.raises(InputError, match="H100-SXM has no MXFP8 tensor cores"):
         RooflineModel("H100-SXM").gemm_s(4096, 4096, 4096, "mxfp8")
     with pytest.raises(InputError, match=r"unknown dtype \(allowed: bf16, fp8\)"):  # attention: no MX kernel
         RooflineModel("B200").attention_s(1, 4096, 32, 128, 128, True, "mxfp8", False)
-    from simmoe.compute.params import DEFAULT_ROOFLINE_FILE
-    import yaml
     tree = yaml.safe_load(DEFAULT_ROOFLINE_FILE.read_text())
     for edit, field, allowed in (
             (lambda t: t["block_scaled"]["mxfp8"].update(runs_as="fp4"), "block_scaled.mxfp8.runs_as", "bf16, fp8"),

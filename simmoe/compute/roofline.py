@@ -127,6 +127,7 @@ class RooflineModel:
         if dtype not in known:
             raise InputError("unknown dtype", field="dtype", value=dtype, allowed=", ".join(known))
         runs_as = self._runs_as(dtype)
+        # Every block-scaled format simmoe knows (BLOCK_SCALED) is an MX format.
         if self._peak_or_none(self.spec, runs_as) is None or (
                 dtype in BLOCK_SCALED and self.spec.architecture not in MX_ARCHITECTURES):
             raise InputError(
