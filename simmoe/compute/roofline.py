@@ -206,7 +206,8 @@ class RooflineModel:
         self._check_dtype(dtype)
         m, n, k = np.broadcast_arrays(_nonnegative(m, "m"), _nonnegative(n, "n"), _nonnegative(k, "k"))
         p, d, sms = self.params, self.params.dtypes[dtype], self._sms
-        tile_k = p.tile_k[self._runs_as(dtype)]
+        runs_as = self._runs_as(dtype)
+        tile_k, kfix = p.tile_k[runs_as], p.tile_fixed_k[runs_as]
         kblocks = _ceil_div(k, tile_k)
         rate = self._flops_per_s(dtype)
         base_bytes = m * k * (d.input_bytes + d.a_scale_bytes_per_element) + k * n * (
@@ -221,7 +222,6 @@ class RooflineModel:
         s = np.arange(2, sms + 1, dtype=np.float64)
         for tile_m, tile_n in p.tile_shapes:
             tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
-            kfix = p.tile_fixed_k[self._runs_as(dtype)]
             candidates_c = [np.ceil(tiles / sms) * sms * 2.0 * tile_m * tile_n * (kblocks * tile_k + kfix) / rate]
             candidates_m = [base_bytes / bw]
             candidates_s = [np.ones(m.shape)]
