@@ -14,10 +14,11 @@ from simmoe.config.loader import load_default_scenario
 from simmoe.engine.host import HOST_DIR, HostCosts, host_costs, is_host_sync, program_host_s
 from simmoe.engine.program import compile_program
 from simmoe.engine.runner import Simulation
+from simmoe.engine.schedules import build_schedule, exchange_calls
 from simmoe.errors import InputError
 from simmoe.workload.ops import CollectiveOp, MemoryOp
 
-from test_engine import ConstantCompute
+from test_engine import ConstantCompute, SendingPrograms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,3 +209,106 @@ def test_the_dispatch_sync_holds_the_host_until_the_dispatch_starts():
     assert a == b
     moe_fwd = len(sim._moe_layer_set) * sim.m  # one sync per MoE layer forward, per micro-batch
     assert plain + 1e-3 <= a <= plain + moe_fwd * 1e-3 + 1e-9
+
+
+# ----------------------------------------------------------------------------- pipeline sync
+
+
+def test_exchange_calls_are_megatron_1f1b_calls_by_hand():
+    # p 3, m 4. Megatron-Core's forward_backward_pipelining_without_interleaving, written out
+    # per rank: the p2p calls between consecutive items (start and end included) that are not
+    # no-ops on that stage (recv_forward on the first stage, send_forward / recv_backward on the
+    # last... return without communicating).
+    want = {
+        # rank 0: F0 F1 | F2 B0 F3 B1 | B2 B3
+        # send_forward x2, (recv_forward: none), sfrb, (sbrf: none), sfrb, (send_backward: none),
+        # recv_backward x2
+        0: [0, 1, 1, 1, 0, 1, 1, 1, 0],
+        # rank 1: F0 | F1 B0 F2 B1 F3 B2 | B3
+        # recv_forward; send_forward + recv_forward; sfrb; sbrf; sfrb; sbrf; sfrb;
+        # send_backward + recv_backward; send_backward
+        1: [1, 2, 1, 1, 1, 1, 1, 2, 1],
+        # rank 2: F0 B0 F1 B1 F2 B2 F3 B3 (no warm-up)
+        # recv_forward; (sfrb: none); sbrf; ...; send_backward
+        2: [1, 0, 1, 0, 1, 0, 1, 0, 1],
+    }
+    sched = build_schedule("1f1b", 3, 4)
+    for rank, items in enumerate(sched):
+        seq = [None, *items, None]
+        got = [exchange_calls(a, b, 3, rank, 3) for a, b in zip(seq, seq[1:])]
+        assert got == want[rank], rank
+
+
+def _sync_sim(sync: bool | None, host_s: float, sync_s: float, gb: int = 32):
+    sc = load_default_scenario(["parallelism.ep=4", "parallelism.pp=2", f"training.global_batch={gb}",
+                                "host.stack=megatron_core",
+                                f"host.pipeline_sync={'null' if sync is None else str(sync).lower()}"])
+    sim = Simulation(sc, programs=LayerPrograms(1, 1.0), compute=ConstantCompute())
+    sim.host_costs = HostCosts("test", "test", {(k, p): host_s for k in ("dense", "moe")
+                                                for p in ("fwd", "bwd")}, op_s=0.0, sync_s=sync_s)
+    return sim
+
+
+def test_the_pipeline_sync_holds_the_host_until_its_input_is_in():
+    # pp 2, one micro-batch, GPU 1 s per item, host 3 s per item, a synchronize costs 0.25 s.
+    # Without the sync the host runs ahead: F0 on rank 0 ends at 3 (issued at 3); rank 1 runs F0
+    # 3-4 but its host issued it by 3 and B0 by 6, so B0 ends at 6; rank 0's B0 was issued by 6
+    # too, runs 6-7: the step is 7 s.
+    assert _sync_sim(False, 3.0, 0.25).run_step(0).step_time_s == pytest.approx(7.0)
+    # With the sync: rank 1's host waits for F0's input (3) and a synchronize: issues F0 by 6.25
+    # and B0 by 9.25, when its output gradient leaves. Rank 0's host waited in
+    # send_forward_recv_backward since 3: it resumes at 9.25 + 0.25, and B0 ends at 12.5.
+    sim = _sync_sim(True, 3.0, 0.25)
+    assert sim.m == 1
+    assert sim.run_step(0).step_time_s == pytest.approx(12.5)
+
+
+def test_the_pipeline_sync_is_megatrons_default_for_1f1b_only():
+    assert _sync_sim(None, 0.0, 0.0).scenario.host_pipeline_sync
+    plain = load_default_scenario(["parallelism.ep=4", "parallelism.pp=2", "training.global_batch=64"])
+    assert not plain.host_pipeline_sync  # host.stack none: no host to wait
+    inter = load_default_scenario(["parallelism.ep=4", "parallelism.pp=2", "parallelism.vpp=2",
+                                   "parallelism.schedule=interleaved", "training.global_batch=64",
+                                   "host.stack=megatron_core"])
+    assert not inter.host_pipeline_sync  # overlapped, unbatched p2p
+    for bad in (["parallelism.pp=2", "host.pipeline_sync=true"],  # no host
+                ["parallelism.pp=1", "host.stack=megatron_core", "host.pipeline_sync=true"],
+                ["parallelism.pp=2", "parallelism.vpp=2", "parallelism.schedule=interleaved",
+                 "host.stack=megatron_core", "host.pipeline_sync=true"]):
+        with pytest.raises(InputError, match="host.pipeline_sync"):
+            load_default_scenario(["parallelism.ep=4", "training.global_batch=64", *bad])
+
+
+@pytest.mark.parametrize("host_s,sync_s", [(0.0, 0.0), (0.5, 0.0), (2.0, 0.1)])
+def test_the_pipeline_sync_never_makes_a_step_faster(host_s, sync_s):
+    off = _sync_sim(False, host_s, sync_s, gb=256).run_step(0).step_time_s
+    on = _sync_sim(True, host_s, sync_s, gb=256).run_step(0).step_time_s
+    assert on >= off - 1e-12
+    if host_s > 1.0:  # a host slower than the GPU, held at each exchange: strictly slower
+        assert on > off
+
+
+class _SendsTakeNoSMs(ConstantCompute):
+    def with_sms_held(self, sms):  # compute beside an NCCL send keeps its constant time
+        return self
+
+
+def test_the_pipeline_sync_waits_for_the_rank_s_own_sends():
+    # pp 2, two micro-batches, 1 s per item, each output sent in T s, no host cost: only the
+    # synchronize's wait for the exchange acts. Without it the step is 6 + 2T (two sends on the
+    # critical path). With it rank 1 waits in send_backward_recv_forward for its B0 send before
+    # issuing F1, so F1 starts at 3 + 2T instead of 3 + T and everything after moves by T: 6 + 3T.
+    def run(sync):
+        sc = load_default_scenario(["parallelism.ep=4", "parallelism.pp=2", "training.global_batch=64",
+                                    "host.stack=megatron_core", f"host.pipeline_sync={str(sync).lower()}"])
+        sim = Simulation(sc, programs=SendingPrograms(1.0, 1.0, 4e8, 2), compute=_SendsTakeNoSMs())
+        sim.host_costs = HostCosts("t", "t", {(k, p): 0.0 for k in ("dense", "moe") for p in ("fwd", "bwd")},
+                                   op_s=0.0, sync_s=0.0)
+        assert sim.m == 2
+        return sim.run_step(0)
+    off, on = run(False), run(True)
+    sends = [end - start for tl in off.timeline.timelines for start, end, _l, cat, _p in tl.comm if cat == "pp"]
+    t = sends[0]
+    assert t > 1e-3 and sends == pytest.approx([t] * len(sends))
+    assert off.step_time_s == pytest.approx(6 + 2 * t)
+    assert on.step_time_s == pytest.approx(6 + 3 * t)

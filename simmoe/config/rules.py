@@ -347,9 +347,21 @@ def check_host(s: Scenario) -> list[Problem]:
     from simmoe.engine.host import cpu_names
 
     names = cpu_names()
+    out = []
     if s.host.cpu not in names:
-        return [Problem("host.cpu", s.host.cpu, "is not a measured host CPU", ", ".join(names))]
-    return []
+        out.append(Problem("host.cpu", s.host.cpu, "is not a measured host CPU", ", ".join(names)))
+    p = s.parallelism
+    if s.host.pipeline_sync:
+        if s.host.stack == "none":
+            out.append(Problem("host.pipeline_sync", True,
+                               "is a wait of the host, and host.stack none models no host",
+                               "false or null, or host.stack: megatron_core"))
+        if p.schedule != "1f1b" or p.pp < 2 or p.pipeline_p2p != "async":
+            out.append(Problem("host.pipeline_sync", True,
+                               f"is Megatron-Core's batched 1F1B exchange (schedule {p.schedule}, "
+                               f"pp={p.pp}, pipeline_p2p {p.pipeline_p2p} given)",
+                               "false or null, or schedule: 1f1b with pp >= 2 and pipeline_p2p: async"))
+    return out
 
 
 def check_scenario(s: Scenario) -> list[Problem]:

@@ -318,6 +318,13 @@ class Host(_Section):
 
     stack: Literal["none", "megatron_core"] = "none"
     cpu: str = "x86-lent-1"
+    # Megatron-Core's batched pipeline exchange (batch_p2p_comm) ends in torch.cuda.synchronize()
+    # (batch_p2p_sync, default on): at each send/receive of the 1F1B schedule the host waits for
+    # the whole GPU and the exchange, so it cannot issue ahead across micro-batches. null:
+    # Megatron's default, on for schedule 1f1b with pp > 1 (Megatron-LM turns overlap_p2p_comm off
+    # without virtual stages, Megatron-Bridge batches the p2p when VP = 1), off for the interleaved
+    # schedule (overlapped, unbatched p2p). true: 1f1b, pp > 1, stack megatron_core only.
+    pipeline_sync: bool | None = None
 
 
 class Costs(_Section):
@@ -434,6 +441,15 @@ class Scenario(_Section):
         """Micro-batches each pipeline runs per optimizer step (gradient-accumulation steps)."""
         return self.training.global_batch // (self.training.micro_batch * self._dp())
 
+    @property
+    def host_pipeline_sync(self) -> bool:
+        """Whether the host waits for the GPU at each pipeline exchange (host.pipeline_sync, its
+        null resolved to Megatron-Core's default for the schedule)."""
+        h, p = self.host, self.parallelism
+        if h.pipeline_sync is not None:
+            return h.pipeline_sync
+        return h.stack != "none" and p.schedule == "1f1b" and p.pp > 1 and p.pipeline_p2p == "async"
+
     def _dp(self) -> int:
         if self.parallelism.dp is None:
             raise ValueError("parallelism.dp is not resolved yet (load the scenario with load_scenario)")
@@ -467,5 +483,6 @@ class Scenario(_Section):
             "steps_at_full_batch": self.training.total_tokens / self.training.tokens_per_step,
             "moe_layers": len(self.model.moe_layer_indices()),
             "stage_layers": list(self.stage_layers()),
+            "host_pipeline_sync": self.host_pipeline_sync,
         }
         return out

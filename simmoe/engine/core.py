@@ -46,7 +46,7 @@ import simpy
 from simpy.events import URGENT, Event, Timeout
 
 from simmoe.engine.program import Program
-from simmoe.engine.schedules import Item, send_key, slots, virtual_stage
+from simmoe.engine.schedules import Item, exchange_calls, send_key, slots, virtual_stage
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ class StepEngine:
                  schedule: list[list[Item]], programs: dict[tuple[int, str], Program],
                  step_programs: dict[int, Program] | None, resolver: Resolver, *, pp: int,
                  vpp: int = 1, p2p_plan: list[list[tuple]] | None = None,
-                 pairs: str = "fused") -> None:
+                 pairs: str = "fused", pipeline_sync: bool = False) -> None:
         self.env = env
         self.network = network
         self.ranks = ranks
@@ -365,6 +365,11 @@ class StepEngine:
         if pairs not in ("fused", "interleaved"):
             raise ValueError(f"pairs must be 'fused' or 'interleaved', not {pairs!r}")
         self.pairs = pairs
+        # Host issue: the host waits for the whole GPU and the exchange at each pipeline send and
+        # receive (Megatron-Core's batch_p2p_sync on 1F1B; host.pipeline_sync).
+        if pipeline_sync and (p2p_plan is not None or getattr(resolver, "node_host_s", None) is None):
+            raise ValueError("pipeline_sync needs a modelled host and async pipeline sends")
+        self.pipeline_sync = pipeline_sync
         self._rendezvous: dict[Hashable, list] = {}
         self._comm_stream = [(_Stream(env), _Stream(env)) for _ in ranks]
         self._outstanding: list[list] = [[] for _ in ranks]
@@ -454,12 +459,16 @@ class StepEngine:
             yield from self._finish_rank(r)
             return
         gpu = None
+        before = None  # the rank's previous single item (pipeline_sync)
         for slot in slots(self.schedule[r.pp_rank]):
             if len(slot) == 1:
                 it = slot[0]
                 wait = self._input(r, it)
                 if wait is not None and not wait.processed:
                     yield wait
+                if self.pipeline_sync:
+                    yield from self._exchange_sync(r, before, it)
+                    before = it
                 yield from self._item(r, it, None, None)
             else:
                 if gpu is None:
@@ -474,7 +483,23 @@ class StepEngine:
                                        for it in slot])
                 if computed is not None:
                     computed.succeed()
+        if self.pipeline_sync:
+            yield from self._exchange_sync(r, before, None)
         yield from self._finish_rank(r)
+
+    def _exchange_sync(self, r: SimRank, before: Item | None, after: Item | None):
+        """The host at a pipeline exchange with batch_p2p_sync (``after``'s input, if any, is in):
+        each of Megatron-Core's calls there ends in torch.cuda.synchronize(), so the host resumes
+        when everything the rank has issued, the exchange's transfers included, is done, plus a
+        device round trip per call."""
+        calls = exchange_calls(before, after, self.pp, r.pp_rank, self.stages)
+        if not calls:
+            return
+        i = r.index
+        pending = self._outstanding[i] = [e for e in self._outstanding[i] if not e.processed]
+        if pending:
+            yield self.env.all_of(pending)
+        self._host_t[i] = max(self._host_t[i], self.env.now) + calls * self.resolver.host_sync_s
 
     def _finish_rank(self, r: SimRank):
         """After the rank's last item: its collectives done, then the once-per-step program."""

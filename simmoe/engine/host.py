@@ -9,7 +9,9 @@ while the GPU catches up (docs/engine.md, "Host issue").
 The engine keeps one host clock per simulated rank: each node adds its host seconds; a compute node
 cannot finish before the clock after its issue (the GPU waits for the host: "host-late"); a
 collective cannot start before its issue; a dispatch in the forward sets the clock to when the
-dispatch starts, plus the device-to-host round trip.
+dispatch starts, plus the device-to-host round trip; with ``host.pipeline_sync`` (Megatron-Core's
+batched 1F1B exchange) each pipeline exchange call sets it to when everything the rank issued is
+done and the next item's input is in, plus a round trip per call (StepEngine._exchange_sync).
 
 Host seconds per layer come from measurements only (simmoe/data/host/). An op's host time is the
 framework's own Python around it plus the issue of its kernel:

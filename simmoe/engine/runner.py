@@ -842,7 +842,8 @@ class Simulation:
             self._static_coll.clear()  # collectives carry engine names registered per network
         engine = StepEngine(env, self.network, self.ranks, self.schedule, self.programs,
                             self.step_programs, self, pp=self.pp, vpp=self.vpp, p2p_plan=self.p2p_plan,
-                            pairs="interleaved" if self.scenario.parallelism.ep_comm_overlap else "fused")
+                            pairs="interleaved" if self.scenario.parallelism.ep_comm_overlap else "fused",
+                            pipeline_sync=self.host_costs is not None and self.scenario.host_pipeline_sync)
         timeline = engine.run()
         finish = [t.finish_s for t in timeline.timelines]
         return StepResult(step, timeline, self.stats, int(np.argmax(finish)))

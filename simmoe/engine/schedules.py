@@ -221,6 +221,29 @@ def send_key(it: Item, p: int, rank: int, stages: int) -> tuple | None:
     return (it.phase, it.mb, to)
 
 
+def receives_input(it: Item, p: int, rank: int, stages: int) -> bool:
+    """Whether an item's input comes from another rank (a forward after the first stage, a
+    backward before the last)."""
+    s = virtual_stage(it, p, rank)
+    frm = s - 1 if it.phase == "fwd" else s + 1 if it.phase == "bwd" else -1
+    return 0 <= frm < stages and stage_rank(frm, p, it.reverse) != rank
+
+
+def exchange_calls(before: Item | None, after: Item | None, p: int, rank: int, stages: int) -> int:
+    """Megatron-Core's pipeline exchange calls between two consecutive items of a rank's 1F1B
+    order (None: the start or the end of the rank's items): the send of ``before``'s output and
+    the receive of ``after``'s input go as one batched call when one is a forward and the other a
+    backward (send_forward_recv_backward, send_backward_recv_forward), as two calls when both are
+    forwards (warm-up: send_forward, recv_forward) or both backwards (cool-down), and a side with
+    nothing to move is no call (Megatron's first stage receives no forward input, its last stage no
+    output gradient). With batch_p2p_sync each call ends in a device synchronize."""
+    send = before is not None and send_key(before, p, rank, stages) is not None
+    recv = after is not None and receives_input(after, p, rank, stages)
+    if send and recv:
+        return 2 if before.phase == after.phase else 1
+    return int(send or recv)
+
+
 def lockstep_plan(schedule: list[list[Item]]) -> list[list[tuple]]:
     """The blocking plan of a lockstep table (:func:`interleaved_lockstep`, items with ``step``):
     at each time step a rank runs its item, then commits its send with the receives of what its
