@@ -32,6 +32,8 @@ def test_cpu_figures_are_the_committed_measurements():
     cpus = yaml.safe_load((HOST_DIR / "cpus.yaml").read_text())["cpus"]
     assert cpus, "no host CPU"
     for name, cpu in cpus.items():
+        if "scaled" in cpu:  # not measured here (test_a_scaled_host_is_its_measured_host_times_the_ratio)
+            continue
         path = ROOT / cpu["source"].split()[0]
         rows = {r["probe"]: r for r in _csv(path)}
         assert cpu["probe_mul_s"] == pytest.approx(float(rows["mul"]["host_s_per_op"]), rel=1e-6), name
@@ -91,6 +93,24 @@ def test_a_measured_host_cpu_carries_the_framework_by_its_speed(monkeypatch):
         gpu_op_s = lent["probe_mul_s"] if key[1] == "fwd" else lent["bwd_kernel_s"]
         # the framework's share doubles; the GPU issue share is the host's own
         assert slow.layer_s[key] - ops * gpu_op_s == pytest.approx(2 * (s - ops * gpu_op_s))
+
+
+def test_a_scaled_host_is_its_measured_host_times_the_ratio():
+    cpus = yaml.safe_load((HOST_DIR / "cpus.yaml").read_text())["cpus"]
+    scaled = {name: cpu["scaled"] for name, cpu in cpus.items() if "scaled" in cpu}
+    assert "grace-gb200" in scaled
+    # TransformerEngine issue 2053: one torch.nn.Linear forward's host time, GB200 37.08 us
+    # against an H100 DGX's Xeon 13.48 us: x2.75 on every cost of the layer.
+    assert scaled["grace-gb200"]["host_us"] / scaled["grace-gb200"]["of_host_us"] == pytest.approx(2.7507, abs=1e-4)
+    for name, sc in scaled.items():
+        assert "scaled" not in cpus[sc["of"]], name  # one level: the base is measured
+        base, this = host_costs("megatron_core", sc["of"]), host_costs("megatron_core", name)
+        factor = sc["host_us"] / sc["of_host_us"]
+        assert factor > 1.0, name
+        for key, s in base.layer_s.items():
+            assert this.layer_s[key] == pytest.approx(factor * s, rel=1e-12), (name, key)
+        assert this.op_s == pytest.approx(factor * base.op_s)
+        assert this.sync_s == pytest.approx(factor * base.sync_s)
 
 
 def test_unknown_names_are_input_errors():

@@ -24,6 +24,8 @@ framework's share, as a multiple of a bare op on that CPU); ``benchmarks/host_is
 GPU host's bare issue per op (forward: an elementwise op; backward: one kernel of autograd's
 backward of a linear chain). Where a GPU host's bare CPU op (``cpu_mul_s``) is not measured, its
 CPU is assumed as fast as the reference CPU (docs/validation.md, "How sure the host costs are").
+A host not measured here (``scaled`` in cpus.yaml: the Grace CPUs) is a measured one with every
+cost times a published ratio of the same call's host time on the two CPUs.
 A layer's host seconds are spread evenly over simmoe's ops of that layer and phase (simmoe's ~25-40
 fused ops stand for the ~100-140 the framework issues).
 """
@@ -81,15 +83,20 @@ def host_costs(stack: str, cpu: str) -> HostCosts:
     cpus = _cpus()
     if cpu not in cpus:
         raise InputError("unknown host CPU", field="host.cpu", value=cpu, allowed=", ".join(cpus))
+    entry, factor = cpus[cpu], 1.0
+    if "scaled" in entry:  # not measured here: a measured host times a published ratio
+        factor = host_scale_factor(entry["scaled"])
+        entry = cpus[entry["scaled"]["of"]]
     # The GPU host's bare issue per op, and the column of the same probe in the stack's CPU run.
-    bare = {"fwd": (float(cpus[cpu]["probe_mul_s"]), "probe_mul_s"),
-            "bwd": (float(cpus[cpu]["bwd_kernel_s"]), "probe_bwd_kernel_s")}
+    bare = {"fwd": (factor * float(entry["probe_mul_s"]), "probe_mul_s"),
+            "bwd": (factor * float(entry["bwd_kernel_s"]), "probe_bwd_kernel_s")}
     rows = _stack_rows(stack)
     timed = [r for r in rows if r["host_s_per_op"]]  # the ep > 1 runs' timing includes gloo
     # The framework's Python is carried by CPU speed: as a multiple of a bare CPU op (steady
     # where the seconds drift with the machine's load), times the host's bare CPU op when
     # measured (host_issue.py's mul_cpu), else the reference CPU's (assumption: same speed).
-    cpu_op_s = float(cpus[cpu].get("cpu_mul_s") or statistics.median(float(r["probe_mul_s"]) for r in timed))
+    cpu_op_s = factor * float(entry.get("cpu_mul_s")
+                              or statistics.median(float(r["probe_mul_s"]) for r in timed))
     layer_s = {}
     for kind in ("dense", "moe"):
         for phase in ("fwd", "bwd"):
@@ -100,7 +107,13 @@ def host_costs(stack: str, cpu: str) -> HostCosts:
                                           / float(r["probe_mul_s"])
                                           for r in timed if r["layer"] == kind and r["phase"] == phase)
             layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
-    return HostCosts(stack, cpu, layer_s, bare["fwd"][0], float(cpus[cpu]["sync_s"]))
+    return HostCosts(stack, cpu, layer_s, bare["fwd"][0], factor * float(entry["sync_s"]))
+
+
+def host_scale_factor(scaled: dict) -> float:
+    """How many times a measured host's costs a scaled host's are: the published host seconds of
+    one and the same call on the two CPUs (simmoe/data/host/cpus.yaml, ``scaled``)."""
+    return float(scaled["host_us"]) / float(scaled["of_host_us"])
 
 
 def is_host_sync(op) -> bool:
