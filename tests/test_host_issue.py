@@ -236,9 +236,9 @@ def test_the_dispatch_sync_holds_the_host_until_the_dispatch_starts():
 
 def test_exchange_calls_are_megatron_1f1b_calls_by_hand():
     # p 3, m 4. Megatron-Core's forward_backward_pipelining_without_interleaving, written out
-    # per rank: the p2p calls between consecutive items (start and end included) that are not
-    # no-ops on that stage (recv_forward on the first stage, send_forward / recv_backward on the
-    # last... return without communicating).
+    # per rank: the p2p calls between consecutive items (start and end included) that
+    # communicate on that stage (the first stage's recv_forward and send_backward, and the last
+    # stage's send_forward and recv_backward, return without communicating).
     want = {
         # rank 0: F0 F1 | F2 B0 F3 B1 | B2 B3
         # send_forward x2, (recv_forward: none), sfrb, (sbrf: none), sfrb, (send_backward: none),

@@ -349,7 +349,8 @@ def check_host(s: Scenario) -> list[Problem]:
     names = cpu_names()
     out = []
     if s.host.cpu not in names:
-        out.append(Problem("host.cpu", s.host.cpu, "is not a measured host CPU", ", ".join(names)))
+        out.append(Problem("host.cpu", s.host.cpu, "is not a known host CPU (simmoe/data/host/cpus.yaml)",
+                           ", ".join(names)))
     p = s.parallelism
     if s.host.pipeline_sync:
         if s.host.stack == "none":
