@@ -3,6 +3,8 @@
     pip install --no-deps --target /tmp/mcore megatron-core==0.16.1
     PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --repeats 300 --runs 3 \
         --out simmoe/data/host/megatron-core-0.16.1-cpu.csv
+    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py \
+        --parts-out simmoe/data/host/megatron-core-0.16.1-parts.csv
 
 Why: on an eager Megatron-Core run (no CUDA graphs) every PyTorch op a layer calls is issued from
 Python, one by one; where the GPU's kernels are shorter than the host's issue time, or where the MoE
@@ -31,6 +33,12 @@ CPU-to-GPU-host conversion (simmoe.engine.host carries a CPU run as the framewor
 GPU host's bare issue per op; run both on one GPU host to test that: docs/validation.md, "How
 sure the host costs are"). The probes then run on the GPU too.
 
+With ``--parts-out FILE`` it counts instead (no timing), for the CUDA-graph scopes
+(simmoe.engine.host): each layer's ops by the part of the layer Megatron-Core's graph scopes
+name, forward and backward. A forward op belongs to the innermost part running; a backward op to
+the part whose forward created the autograd node running it (``torch._C._current_autograd_node``
+and the nodes' creation order), a gradient accumulation to the part owning the parameter.
+
 Rows: one per (layer kind, phase). ``ep`` > 1 runs that many processes over gloo so the
 all-to-all dispatcher's exchange is counted (its timing then includes gloo and is not used).
 CUDA-only calls (streams, events, the CUDA RNG tracker, Transformer Engine's router GEMM,
@@ -54,6 +62,22 @@ from pathlib import Path
 FIELDS = ("layer", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
           "experts_ops", "dispatcher_ops", "other_ops", "host_s", "host_s_per_op",
           "probe_mul_s", "probe_bwd_kernel_s", "megatron_core", "torch", "device", "run")
+
+PARTS_FIELDS = ("layer", "local_experts", "ep", "phase", "part", "ops", "megatron_core", "torch")
+
+# Parts of a layer as Megatron-Core 0.16.1's CUDA-graph scopes cut it (transformer_layer.py,
+# ``_get_submodules_under_cudagraphs``; moe/moe_layer.py): the layer's methods and modules that
+# run each, innermost first in the forward. "other" is the rest (the MLP's residual add).
+PART_METHODS = {"layer": {"_forward_attention": "attention",  # input norm, attention, its residual
+                          "_forward_pre_mlp_layernorm": "mlp_norm"},
+                "mlp": {"route": "router", "preprocess": "preprocess",
+                        "shared_experts_compute": "shared_experts", "dispatch": "dispatcher",
+                        "routed_experts_compute": "dispatcher", "combine": "dispatcher",
+                        "postprocess": "dispatcher"}}
+PARAM_PARTS = (("input_layernorm.", "attention"), ("self_attention.", "attention"),
+               ("pre_mlp_layernorm.", "mlp_norm"), ("mlp.router.", "router"),
+               ("mlp.shared_experts.", "shared_experts"), ("mlp.experts.", "experts"),
+               ("mlp.", "mlp"))
 
 # aten ops that change only metadata (no kernel on a GPU)
 _NO_KERNEL = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze",
@@ -160,6 +184,77 @@ def _layer(torch, kind: str, local_experts: int, ep: int):
     return build_module(spec, config=cfg, layer_number=1)
 
 
+def _count_parts(torch, layer, moe: bool, forward) -> dict:
+    """{(phase, part): ops} of one forward and backward of ``layer`` (see the module docstring)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    part, counting, bounds = ["other"], [True], []  # bounds: (first node's sequence nr, part)
+
+    def mark(name):  # the next autograd node created belongs to ``name``
+        counting[0] = False
+        seq = (torch.ones(1, requires_grad=True) * 1).grad_fn._sequence_nr()
+        counting[0] = True
+        bounds.append((seq + 1, name))
+
+    def wrap(obj, method, name):
+        inner = getattr(obj, method)
+
+        def run(*a, **k):
+            part.append(name)
+            mark(name)
+            try:
+                return inner(*a, **k)
+            finally:
+                part.pop()
+                mark(part[-1])
+        setattr(obj, method, run)
+
+    for owner, methods in PART_METHODS.items():
+        obj = layer if owner == "layer" else layer.mlp
+        for method, name in methods.items():
+            if hasattr(obj, method) and (owner == "layer" or moe):
+                wrap(obj, method, name)
+    inner_mods = [(layer.mlp.experts, "experts")] if moe else [(layer.mlp, "mlp")]
+    for mod, name in inner_mods:
+        wrap(mod, "forward", name)
+    param_part = {}
+    for pname, prm in layer.named_parameters():
+        param_part[id(prm)] = next(p for prefix, p in PARAM_PARTS if pname.startswith(prefix))
+
+    def part_of_node(node):
+        if node is None:
+            return "other"
+        if type(node).__name__ == "AccumulateGrad":
+            return param_part.get(id(node.variable), "other")
+        seq, found = node._sequence_nr(), "other"
+        for first, name in bounds:
+            if first > seq:
+                break
+            found = name
+        return found
+
+    class Count(TorchDispatchMode):
+        def __init__(self, backward):
+            super().__init__()
+            self.ops, self.backward = Counter(), backward
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if counting[0] and func.overloadpacket.__name__ not in _NO_KERNEL:
+                where = (part_of_node(torch._C._current_autograd_node()) if self.backward
+                         else part[-1])
+                self.ops[where] += 1
+            return func(*args, **(kwargs or {}))
+
+    mark("other")
+    with Count(False) as fwd:
+        out = forward()
+    loss = out.sum()
+    with Count(True) as bwd:
+        loss.backward()
+    return {**{("fwd", p): n for p, n in fwd.ops.items()},
+            **{("bwd", p): n for p, n in bwd.ops.items()}}
+
+
 def _measure(rank: int, args, queue) -> None:
     warnings.filterwarnings("ignore")
     import torch
@@ -226,6 +321,13 @@ def _measure(rank: int, args, queue) -> None:
 
             for _ in range(3):
                 forward().sum().backward()
+            if args.parts_out is not None:
+                for (phase, name), n in sorted(_count_parts(torch, layer, moe, forward).items()):
+                    rows.append({"layer": kind, "local_experts": local, "ep": args.ep,
+                                 "phase": phase, "part": name, "ops": n,
+                                 "megatron_core": megatron.core.__version__,
+                                 "torch": torch.__version__})
+                continue
             with Count() as fwd:
                 out = forward()
             loss = out.sum()
@@ -295,6 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=29517)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: time the layer on one GPU with its real CUDA calls (ep 1 only)")
+    ap.add_argument("--parts-out", type=Path, default=None,
+                    help="count each layer's ops by part (no timing) into this CSV instead")
     args = ap.parse_args(argv)
     if args.device == "cuda" and args.ep != [1]:
         ap.error("--device cuda runs one process on one GPU: give --ep 1")
@@ -310,7 +414,7 @@ def main(argv=None) -> int:
     for ep in args.ep:
         # Timed (ep 1) runs are repeated in fresh processes: on a shared machine the seconds drift
         # with its load from run to run; the counts (ep > 1) need one.
-        for i in range(args.runs if ep == 1 else 1):
+        for i in range(args.runs if ep == 1 and args.parts_out is None else 1):
             run = argparse.Namespace(**{**vars(args), "ep": ep, "port": args.port + 10 * i + ep})
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
@@ -323,19 +427,20 @@ def main(argv=None) -> int:
                 if p.exitcode:
                     print(f"a process of the ep {ep} run failed", file=sys.stderr)
                     return 1
-            rows += [{**r, "run": i} for r in got]
-    w = csv.DictWriter(sys.stdout, FIELDS)
+            rows += [{**r, "run": i} for r in got] if args.parts_out is None else got
+    fields, path = (FIELDS, args.out) if args.parts_out is None else (PARTS_FIELDS, args.parts_out)
+    w = csv.DictWriter(sys.stdout, fields)
     w.writeheader()
     w.writerows(rows)
-    if args.out is not None:
+    if path is not None:
         from simmoe.atomic import atomic_write
 
         def write(f):
-            out = csv.DictWriter(f, FIELDS, lineterminator="\n")
+            out = csv.DictWriter(f, fields, lineterminator="\n")
             out.writeheader()
             out.writerows(rows)
 
-        atomic_write(args.out, write, binary=False)
+        atomic_write(path, write, binary=False)
     return 0
 
 

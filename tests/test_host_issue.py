@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from simmoe.config.loader import load_default_scenario
-from simmoe.engine.host import HOST_DIR, HostCosts, host_costs, is_host_sync, program_host_s
+from simmoe.engine.host import (GRAPH_REPLAY_OPS, GRAPH_SCOPE_PARTS, HOST_DIR, HostCosts, host_costs,
+                                is_host_sync, op_host_s, op_part, part_ops, program_host_s)
 from simmoe.engine.program import compile_program
 from simmoe.engine.runner import Simulation
 from simmoe.engine.schedules import build_schedule, exchange_calls
@@ -194,6 +195,142 @@ def test_ops_outside_the_layers_cost_one_bare_op_and_share_their_layer_evenly():
     assert is_host_sync(ops[2])
     assert not is_host_sync(CollectiveOp("L0.dispatch", 0, "bwd", group="ep",
                                          collective="alltoall_dispatch"))
+
+
+# ------------------------------------------------------------------ parts of a layer, CUDA graphs
+
+
+def test_the_parts_count_the_same_ops_as_the_timed_run():
+    """benchmarks/megatron_host_calls.py --parts-out splits each layer's ops by part; per kind and
+    phase they add up to the ops of the timed run, and every part is one the model knows."""
+    timed = _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
+    parts = part_ops("megatron_core")
+    known = {p for scope in GRAPH_SCOPE_PARTS.values() for kind in scope.values() for p in kind}
+    known |= {"dispatcher", "experts"}
+    for kind in ("dense", "moe"):
+        for phase in ("fwd", "bwd"):
+            want = max(int(r["ops"]) for r in timed if (r["layer"], r["phase"]) == (kind, phase))
+            assert sum(parts[(kind, phase)].values()) == want, (kind, phase)
+            assert set(parts[(kind, phase)]) <= known, parts[(kind, phase)]
+    # what the model's scopes rest on: a MoE layer's forward is mostly attention and router
+    assert parts[("moe", "fwd")]["attention"] == parts[("dense", "fwd")]["attention"]
+    assert parts[("moe", "fwd")]["router"] > parts[("moe", "fwd")]["experts"]
+
+
+# the op names of a layer that stand for the rest of Megatron-Core's layer (its residual add) or
+# for no module of it (ZeRO's gathers, gradient accumulation)
+_OTHER = ("moe.residual", "ffn.residual", "grad_accum", "zero")
+
+
+@pytest.mark.parametrize("scenario", ["deepseek-v3-h800", "llama4-maverick-h100",
+                                      "validation/scenarios/qwen3-235b-a22b-h100x256-bf16-ep8-tp4"])
+def test_every_op_of_a_layer_stands_for_a_part(scenario):
+    """Each simmoe op of a layer maps to the part of Megatron-Core's layer that issues it, so a
+    graphed part's ops leave the host (MLA, shared experts, FP8 quantization, TP collectives)."""
+    from simmoe.config.loader import load_scenario
+    from simmoe.workload import build_stage_program
+
+    sc = load_scenario(ROOT / "scenarios" / f"{scenario}.yaml")
+    seen = set()
+    for v in range(min(3, sc.parallelism.pp)):
+        prog = build_stage_program(sc, v)
+        for op in (*prog.forward, *prog.backward):
+            if op.layer is None:
+                continue
+            name = op.name.split(".", 1)[1]
+            part = op_part(name)
+            seen.add(part)
+            assert (part == "other") == name.startswith(_OTHER), name
+    assert {"attention", "mlp_norm", "router", "preprocess", "dispatcher", "experts"} <= seen
+
+
+def _stage(scenario: str, overrides=(), v: int = 1):
+    from simmoe.config.loader import load_scenario
+    from simmoe.workload import build_stage_program
+
+    sc = load_scenario(ROOT / "scenarios" / f"{scenario}.yaml", list(overrides))
+    prog = build_stage_program(sc, v)
+    moe = frozenset(sc.model.moe_layer_indices())
+    return compile_program(prog.forward), compile_program(prog.backward), moe
+
+
+ZOO_TP4 = "validation/scenarios/qwen3-235b-a22b-h100x256-bf16-ep8-tp4"  # no recompute
+
+
+def test_a_layers_host_seconds_are_conserved_over_its_parts():
+    fwd, bwd, moe = _stage(ZOO_TP4)
+    costs = host_costs("megatron_core", "x86-lent-1")
+    for prog, phase in ((fwd, "fwd"), (bwd, "bwd")):
+        seconds, _ = program_host_s(prog, costs, moe)
+        layers = {op.layer for op in prog.ops if op.layer is not None}
+        outside = sum(1 for op in prog.ops if op.layer is None and op.phase != "step")
+        want = sum(costs.layer_s[("moe" if ly in moe else "dense", phase)] for ly in layers)
+        assert sum(seconds) == pytest.approx(want + outside * costs.op_s, rel=1e-9)
+        # parts by hand: the router's share of a MoE layer goes to its router and top-k ops
+        layer = min(layers & moe)
+        n = part_ops("megatron_core")[("moe", phase)]
+        per_op = dict(zip((op.name for op in prog.ops), op_host_s(prog.ops, costs, moe)))
+        router = [k for k in per_op if k.startswith(f"L{layer}.moe.router") or k.startswith(f"L{layer}.moe.topk")]
+        assert sum(per_op[k] for k in router) == pytest.approx(
+            costs.layer_s[("moe", phase)] * n["router"] / sum(n.values()), rel=1e-9)
+
+
+def test_graph_scopes_replay_their_parts_once_per_layer_and_phase():
+    """Megatron-Core's partial graphs (attn, moe_router, moe_preprocess): a MoE layer's host
+    keeps only the dispatcher's, the experts' and the residual's share, plus one replay."""
+    scope = ("attn", "moe_router", "moe_preprocess")
+    fwd, bwd, moe = _stage(ZOO_TP4)
+    eager = host_costs("megatron_core", "x86-lent-1")
+    graphed = host_costs("megatron_core", "x86-lent-1", scope)
+    assert graphed.layer_s == eager.layer_s
+    for prog, phase in ((fwd, "fwd"), (bwd, "bwd")):
+        per_op = dict(zip((op.name for op in prog.ops), op_host_s(prog.ops, graphed, moe)))
+        layer = min({op.layer for op in prog.ops if op.layer is not None} & moe)
+        n = part_ops("megatron_core")[("moe", phase)]
+        kept = n["dispatcher"] + n["experts"] + n["other"]
+        mine = {op.name: op_part(op.name.split(".", 1)[1]) for op in prog.ops if op.layer == layer}
+        on_graph = [k for k, part in mine.items() if part in ("attention", "mlp_norm", "router", "preprocess")]
+        assert on_graph and sum(per_op[k] for k in on_graph) == pytest.approx(graphed.replay_s[phase])
+        assert sum(per_op[k] for k in mine) == pytest.approx(
+            eager.layer_s[("moe", phase)] * kept / sum(n.values()) + graphed.replay_s[phase])
+    bare = {"fwd": graphed.op_s, "bwd": yaml.safe_load((HOST_DIR / "cpus.yaml").read_text())
+            ["cpus"]["x86-lent-1"]["bwd_kernel_s"]}
+    assert graphed.replay_s == pytest.approx({p: GRAPH_REPLAY_OPS * b for p, b in bare.items()})
+    # attn alone leaves a dense layer's MLP on the host; mlp graphs it, and nothing of a MoE layer
+    assert host_costs("megatron_core", "x86-lent-1", ("attn",)).graphed == {
+        "dense": {"attention"}, "moe": {"attention"}}
+    assert host_costs("megatron_core", "x86-lent-1", ("mlp",)).graphed["moe"] == frozenset()
+
+
+def test_a_recompute_reissues_only_what_it_recomputes():
+    """Selective recompute (norms, the experts' activation): the backward program's recompute ops
+    cost their forward ops' shares, not the layer's whole forward again."""
+    scenario = "validation/scenarios/qwen3-235b-a22b-h100x256-bf16-ep32"  # norm + act recompute
+    fwd, bwd, moe = _stage(scenario)
+    costs = host_costs("megatron_core", "x86-lent-1")
+    fwd_s = dict(zip((op.name for op in fwd.ops), op_host_s(fwd.ops, costs, moe)))
+    per_op = dict(zip((op.name for op in bwd.ops), op_host_s(bwd.ops, costs, moe, fwd.ops)))
+    # the program sums its ops' seconds by node
+    assert sum(program_host_s(bwd, costs, moe, fwd)[0]) == pytest.approx(sum(per_op.values()))
+    rc = [k for k, op in zip(per_op, bwd.ops) if op.phase == "recompute"]
+    assert rc
+    for k in rc:
+        assert per_op[k] == pytest.approx(fwd_s[k.removesuffix(".rc")]), k
+    layer = min({op.layer for op in bwd.ops if op.layer is not None} & moe)
+    layer_rc = sum(per_op[k] for k, op in zip(per_op, bwd.ops) if op.layer == layer and op.phase == "recompute")
+    assert 0 < layer_rc < 0.25 * costs.layer_s[("moe", "fwd")]
+
+
+def test_graph_scope_errors_name_the_field():
+    with pytest.raises(InputError, match="host.cuda_graph_scope"):
+        host_costs("megatron_core", "x86-lent-1", ("full_iteration",))
+    from simmoe.config.loader import ScenarioError
+
+    for bad, says in (("[attn]", "host.stack none"), ("[moe_preprocess]", "moe_router"),
+                      ("[full_iteration]", "host.cuda_graph_scope"), ("[attn,attn]", "twice")):
+        stack = ["host.stack=megatron_core"] if "none" not in says else []
+        with pytest.raises(ScenarioError, match=says):
+            load_default_scenario([*stack, f"host.cuda_graph_scope={bad}"])
 
 
 # ----------------------------------------------------------------------------- whole scenarios

@@ -362,6 +362,18 @@ def check_host(s: Scenario) -> list[Problem]:
                                f"is Megatron-Core's batched 1F1B exchange (schedule {p.schedule}, "
                                f"pp={p.pp}, pipeline_p2p {p.pipeline_p2p} given)",
                                "false or null, or schedule: 1f1b with pp >= 2 and pipeline_p2p: async"))
+    scope = s.host.cuda_graph_scope
+    if scope and s.host.stack == "none":
+        out.append(Problem("host.cuda_graph_scope", scope,
+                           "takes ops off the host, and host.stack none models no host",
+                           "[] or host.stack: megatron_core"))
+    if "moe_preprocess" in scope and "moe_router" not in scope:
+        out.append(Problem("host.cuda_graph_scope", scope,
+                           "graphs the dispatcher's preprocessing without the router before it "
+                           "(Megatron-Core requires moe_router with moe_preprocess)",
+                           "add moe_router"))
+    if len(set(scope)) != len(scope):
+        out.append(Problem("host.cuda_graph_scope", scope, "names a scope twice", "each scope once"))
     return out
 
 

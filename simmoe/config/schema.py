@@ -325,6 +325,11 @@ class Host(_Section):
     # without virtual stages, Megatron-Bridge batches the p2p when VP = 1), off for the interleaved
     # schedule (overlapped, unbatched p2p). true: 1f1b, pp > 1, stack megatron_core only.
     pipeline_sync: bool | None = None
+    # Megatron-Core's cuda_graph_scope (cuda_graph_impl transformer_engine): the parts of each
+    # layer replayed from CUDA graphs, whose ops the host then does not issue one by one
+    # (simmoe.engine.host.GRAPH_SCOPE_PARTS). Empty: eager. A whole-iteration graph takes the host
+    # off the step: host.stack none.
+    cuda_graph_scope: list[Literal["attn", "mlp", "moe_router", "moe_preprocess"]] = []
 
 
 class Costs(_Section):

@@ -26,13 +26,24 @@ backward of a linear chain). Where a GPU host's bare CPU op (``cpu_mul_s``) is n
 CPU is assumed as fast as the reference CPU (docs/validation.md, "How sure the host costs are").
 A host not measured here (``scaled`` in cpus.yaml: the Grace CPUs) is a measured one with every
 cost times a published ratio of the same call's host time on the two CPUs.
-A layer's host seconds are spread evenly over simmoe's ops of that layer and phase (simmoe's ~25-40
-fused ops stand for the ~100-140 the framework issues).
+A layer's host seconds are split by part of the layer (attention, the pre-MLP norm, router, shared
+experts, the dispatcher's preprocessing, the rest of the dispatcher, experts, a dense MLP, the
+rest), in proportion to the ops Megatron-Core issues in each (``--parts-out`` of the same
+benchmark, forward and backward), and each part's seconds are spread evenly over simmoe's ops of
+that part (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues). A recompute
+re-issues only what it recomputes: each recomputed op costs its forward op's share.
+
+CUDA graphs (``host.cuda_graph_scope``, Megatron-Core's names) take whole parts off the host: a
+graphed part's ops are replayed, and each layer and phase with a graphed part costs one replay
+instead (GRAPH_REPLAY_OPS bare ops of the phase). Which parts each scope graphs is Megatron-Core
+0.16.1's Transformer Engine path (transformer_layer.py ``_get_submodules_under_cudagraphs``,
+moe/moe_layer.py): GRAPH_SCOPE_PARTS.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,6 +57,28 @@ from simmoe.workload.ops import CollectiveOp
 HOST_DIR = PACKAGE_DATA_DIR / "host"
 CPUS_FILE = "cpus.yaml"
 STACKS = {"megatron_core": "megatron-core-0.16.1-cpu.csv"}
+PARTS = {"megatron_core": "megatron-core-0.16.1-parts.csv"}  # ops per part of a layer
+
+# Parts each graph scope replays, by layer kind (Megatron-Core 0.16.1, cuda_graph_impl
+# transformer_engine): attn the input norm, attention and its residual add; mlp a dense layer's
+# pre-MLP norm, MLP and residual add; moe_router the pre-MLP norm, router and (not overlapped)
+# shared experts; moe_preprocess the dispatcher's preprocessing (its permute and the split sizes'
+# copy to the host, whose wait then comes before the all-to-all).
+GRAPH_SCOPE_PARTS = {"attn": {"dense": ("attention",), "moe": ("attention",)},
+                     "mlp": {"dense": ("mlp_norm", "mlp", "other"), "moe": ()},
+                     "moe_router": {"dense": (), "moe": ("mlp_norm", "router", "shared_experts")},
+                     "moe_preprocess": {"dense": (), "moe": ("preprocess",)}}
+# A replay's host cost, in bare ops of its phase. Assumption, not measured: the launch plus the
+# copies of its inputs into the graph's static buffers (the hidden states and one more).
+GRAPH_REPLAY_OPS = 3
+
+# simmoe's op names within a layer (simmoe.workload.builder) -> the part of Megatron-Core's layer
+# that issues them; first matching prefix wins.
+_OP_PARTS = (("ln1", "attention"), ("attn.", "attention"), ("ln2", "mlp_norm"),
+             ("moe.fanout_bwd", "mlp_norm"), ("moe.router", "router"), ("moe.topk", "router"),
+             ("shared.", "shared_experts"), ("moe.permute", "preprocess"), ("moe.fc", "experts"),
+             ("moe.act", "experts"), ("moe.residual", "other"), ("moe.", "dispatcher"),
+             ("ffn.residual", "other"), ("ffn.", "mlp"))
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,9 @@ class HostCosts:
     layer_s: dict  # (kind "dense"|"moe", phase "fwd"|"bwd") -> host seconds per layer and micro-batch
     op_s: float  # one bare forward op (embedding, head, loss: ops outside the layers)
     sync_s: float  # a device-to-host read of an idle GPU
+    part_s: dict = None  # (kind, phase) -> {part: eager host seconds}; they sum to layer_s
+    graphed: dict = None  # kind -> parts replayed from CUDA graphs (host.cuda_graph_scope)
+    replay_s: dict = None  # phase -> host seconds of one graph replay
 
 
 @lru_cache(maxsize=None)
@@ -75,8 +111,31 @@ def cpu_names() -> list[str]:
     return list(_cpus())
 
 
-def host_costs(stack: str, cpu: str) -> HostCosts:
-    """Per-layer host seconds of ``stack`` on ``cpu`` (names in simmoe/data/host/)."""
+@lru_cache(maxsize=None)
+def part_ops(stack: str) -> dict:
+    """(kind, phase) -> {part: ops Megatron-Core issues}, from the run with the dispatcher's
+    exchange (the most ops)."""
+    with open(HOST_DIR / PARTS[stack], newline="") as f:
+        rows = list(csv.DictReader(f))
+    ep = max(int(r["ep"]) for r in rows)
+    out: dict = {}
+    for r in rows:
+        if int(r["ep"]) == ep:
+            got = out.setdefault((r["layer"], r["phase"]), {})
+            # the counts do not depend on the local experts; keep one run's
+            got.setdefault(r["part"], int(r["ops"]))
+    return out
+
+
+def op_part(name: str) -> str:
+    """The part of the layer an op of simmoe's (name within its layer, e.g. ``moe.fc1.bwd``)
+    stands for."""
+    return next((part for prefix, part in _OP_PARTS if name.startswith(prefix)), "other")
+
+
+def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = ()) -> HostCosts:
+    """Per-layer host seconds of ``stack`` on ``cpu`` (names in simmoe/data/host/), with the
+    parts ``graph_scope`` (Megatron-Core's cuda_graph_scope names) replayed from CUDA graphs."""
     if stack not in STACKS:
         raise InputError("unknown host stack", field="host.stack", value=stack,
                          allowed=", ".join(["none", *STACKS]))
@@ -107,7 +166,22 @@ def host_costs(stack: str, cpu: str) -> HostCosts:
                                           / float(r["probe_mul_s"])
                                           for r in timed if r["layer"] == kind and r["phase"] == phase)
             layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
-    return HostCosts(stack, cpu, layer_s, bare["fwd"][0], factor * float(entry["sync_s"]))
+    counts = part_ops(stack)
+    part_s = {}
+    for key, total in layer_s.items():
+        n = counts[key]
+        if sum(n.values()) != max(int(r["ops"]) for r in rows if (r["layer"], r["phase"]) == key):
+            raise ValueError(f"{PARTS[stack]} and {STACKS[stack]} count different ops for {key}")
+        part_s[key] = {part: total * k / sum(n.values()) for part, k in n.items()}
+    for scope in graph_scope:
+        if scope not in GRAPH_SCOPE_PARTS:
+            raise InputError("unknown CUDA graph scope", field="host.cuda_graph_scope", value=scope,
+                             allowed=", ".join(GRAPH_SCOPE_PARTS))
+    graphed = {kind: frozenset(p for scope in graph_scope for p in GRAPH_SCOPE_PARTS[scope][kind])
+               for kind in ("dense", "moe")}
+    replay_s = {phase: GRAPH_REPLAY_OPS * b for phase, (b, _) in bare.items()}
+    return HostCosts(stack, cpu, layer_s, bare["fwd"][0], factor * float(entry["sync_s"]),
+                     part_s, graphed, replay_s)
 
 
 def host_scale_factor(scaled: dict) -> float:
@@ -122,26 +196,73 @@ def is_host_sync(op) -> bool:
             and op.phase in ("fwd", "recompute"))
 
 
-def program_host_s(prog, costs: HostCosts, moe_layers) -> tuple[tuple[float, ...], tuple[bool, ...]]:
-    """(host seconds, host waits for it) per node of a compiled program. A layer's seconds of a
-    phase are shared evenly by the program's ops of that layer and phase; ops outside the layers
-    cost one bare op each. A weight-gradient program (deferred W) issues nothing more: its
-    layer's backward was charged in full to the backward proper."""
+_LAYER_PREFIX = re.compile(r"^(v\d+\.)?L\d+\.")
+
+
+def _layer_key(op) -> tuple[int, str, str]:
+    """(layer, host phase, part) of a layer op; a recompute is a forward's issue."""
+    return op.layer, "bwd" if op.phase == "bwd" else "fwd", op_part(_LAYER_PREFIX.sub("", op.name))
+
+
+def _tally(ops, graphed: dict, moe_layers, phases) -> tuple[dict, dict, dict]:
+    """Counts of layer ops in ``phases``: by (layer, phase, part), graphed and ungraphed by
+    (layer, phase)."""
+    by_part: dict = {}
+    graphed_n: dict = {}
+    eager_n: dict = {}
+    for op in ops:
+        if op.layer is None or op.phase not in phases:
+            continue
+        layer, phase, part = key = _layer_key(op)
+        by_part[key] = by_part.get(key, 0) + 1
+        into = graphed_n if part in graphed["moe" if layer in moe_layers else "dense"] else eager_n
+        into[(layer, phase)] = into.get((layer, phase), 0) + 1
+    return by_part, graphed_n, eager_n
+
+
+def program_host_s(prog, costs: HostCosts, moe_layers,
+                   forward=None) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """(host seconds, host waits for it) per node of a compiled program (op_host_s summed by
+    node). A weight-gradient program (deferred W) issues nothing more: its layer's backward was
+    charged in full to the backward proper."""
     if prog.grad == "weight":
         return (0.0,) * len(prog.nodes), (False,) * len(prog.nodes)
-    count: dict = {}
-    for op in prog.ops:
-        if op.layer is not None:
-            key = (op.layer, "bwd" if op.phase == "bwd" else "fwd")
-            count[key] = count.get(key, 0) + 1
-    per_op = []
-    for op in prog.ops:
-        if op.layer is None or op.phase == "step":
-            per_op.append(costs.op_s if op.phase != "step" else 0.0)
-            continue
-        phase = "bwd" if op.phase == "bwd" else "fwd"
-        kind = "moe" if op.layer in moe_layers else "dense"
-        per_op.append(costs.layer_s[(kind, phase)] / count[(op.layer, phase)])
+    per_op = op_host_s(prog.ops, costs, moe_layers, forward.ops if forward is not None else None)
     seconds = tuple(sum(per_op[i] for i in node.ops) for node in prog.nodes)
     syncs = tuple(node.kind == "comm" and is_host_sync(prog.ops[node.ops[0]]) for node in prog.nodes)
     return seconds, syncs
+
+
+def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float]:
+    """Host seconds of each op of a program.
+
+    A layer's seconds of a phase are split by part; a part's are shared evenly by simmoe's ops of
+    that part in the layer, and a part no simmoe op stands for (``*``: the whole layer, where a
+    HostCosts has no parts) by all the layer's ungraphed ops of the phase. Graphed parts cost one
+    replay per layer and phase, shared by their ops. Ops outside the layers cost one bare op
+    each. A recompute op re-issues only itself: it costs its forward op's share, counted in
+    ``forward_ops`` (the stage's forward program's; else in the recompute ops themselves)."""
+    part_s = costs.part_s or {key: {"*": s} for key, s in costs.layer_s.items()}
+    graphed = costs.graphed or {"dense": frozenset(), "moe": frozenset()}
+    own = _tally(ops, graphed, moe_layers, ("fwd", "bwd", "recompute"))
+    ref_rc = _tally(forward_ops, graphed, moe_layers, ("fwd",)) if forward_ops is not None else own
+    per_op = []
+    for op in ops:
+        if op.layer is None or op.phase == "step":
+            per_op.append(costs.op_s if op.phase != "step" else 0.0)
+            continue
+        layer, phase, part = _layer_key(op)
+        kind = "moe" if layer in moe_layers else "dense"
+        by_part, graphed_n, eager_n = ref_rc if op.phase == "recompute" else own
+        if part in graphed[kind]:
+            replay = costs.replay_s[phase] if costs.replay_s else 0.0
+            per_op.append(replay / own[1][(layer, phase)])
+            continue
+        seconds = part_s[(kind, phase)]
+        # parts of the framework's layer that no simmoe op of this layer stands for
+        orphan = sum(sec for pt, sec in seconds.items()
+                     if pt not in graphed[kind] and (layer, phase, pt) not in by_part)
+        mine = by_part.get((layer, phase, part)) or own[0][(layer, phase, part)]
+        per_op.append(seconds.get(part, 0.0) / mine
+                      + orphan / (eager_n.get((layer, phase)) or own[2][(layer, phase)]))
+    return per_op

@@ -243,7 +243,8 @@ class Simulation:
         self._multiplicity: dict = {}
         self._fabric: CoflowFabric | None = None  # the coflow network's state across steps
         host = scenario.host
-        self.host_costs = None if host.stack == "none" else host_costs(host.stack, host.cpu)
+        self.host_costs = (None if host.stack == "none"
+                           else host_costs(host.stack, host.cpu, tuple(host.cuda_graph_scope)))
         self._moe_layer_set = frozenset(self._moe_layers())
         self._host_s: dict = {}  # (program key, id of host_costs) -> program_host_s
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
@@ -591,7 +592,10 @@ class Simulation:
         ckey = (key, id(self.host_costs))
         got = self._host_s.get(ckey)
         if got is None:
-            got = self._host_s[ckey] = program_host_s(prog, self.host_costs, self._moe_layer_set)
+            # a recompute in a backward program costs its forward op's share
+            forward = self.programs.get((key[0], "fwd")) if key[-1] != "fwd" else None
+            got = self._host_s[ckey] = program_host_s(prog, self.host_costs, self._moe_layer_set,
+                                                      forward)
         return got
 
     @property
