@@ -253,7 +253,7 @@ def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float
             continue
         layer, phase, part = _layer_key(op)
         kind = "moe" if layer in moe_layers else "dense"
-        by_part, graphed_n, eager_n = ref_rc if op.phase == "recompute" else own
+        by_part, _, eager_n = ref_rc if op.phase == "recompute" else own
         if part in graphed[kind]:
             replay = costs.replay_s[phase] if costs.replay_s else 0.0
             per_op.append(replay / own[1][(layer, phase)])
