@@ -244,12 +244,13 @@ def test_every_op_of_a_layer_stands_for_a_part(scenario):
     assert {"attention", "mlp_norm", "router", "preprocess", "dispatcher", "experts"} <= seen
 
 
-def _stage(scenario: str, overrides=(), v: int = 1):
+def _stage(scenario: str):
+    """Stage 1's compiled forward and backward programs, and the MoE layers."""
     from simmoe.config.loader import load_scenario
     from simmoe.workload import build_stage_program
 
-    sc = load_scenario(ROOT / "scenarios" / f"{scenario}.yaml", list(overrides))
-    prog = build_stage_program(sc, v)
+    sc = load_scenario(ROOT / "scenarios" / f"{scenario}.yaml")
+    prog = build_stage_program(sc, 1)
     moe = frozenset(sc.model.moe_layer_indices())
     return compile_program(prog.forward), compile_program(prog.backward), moe
 

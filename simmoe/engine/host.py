@@ -47,6 +47,7 @@ import re
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import yaml
 
@@ -156,7 +157,7 @@ def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = ()) -> HostC
     # measured (host_issue.py's mul_cpu), else the reference CPU's (assumption: same speed).
     cpu_op_s = factor * float(entry.get("cpu_mul_s")
                               or statistics.median(float(r["probe_mul_s"]) for r in timed))
-    layer_s = {}
+    layer_s, layer_ops = {}, {}
     for kind in ("dense", "moe"):
         for phase in ("fwd", "bwd"):
             gpu_op_s, probe_column = bare[phase]
@@ -166,11 +167,12 @@ def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = ()) -> HostC
                                           / float(r["probe_mul_s"])
                                           for r in timed if r["layer"] == kind and r["phase"] == phase)
             layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
+            layer_ops[(kind, phase)] = ops
     counts = part_ops(stack)
     part_s = {}
     for key, total in layer_s.items():
         n = counts[key]
-        if sum(n.values()) != max(int(r["ops"]) for r in rows if (r["layer"], r["phase"]) == key):
+        if sum(n.values()) != layer_ops[key]:
             raise ValueError(f"{PARTS[stack]} and {STACKS[stack]} count different ops for {key}")
         part_s[key] = {part: total * k / sum(n.values()) for part, k in n.items()}
     for scope in graph_scope:
@@ -204,9 +206,14 @@ def _layer_key(op) -> tuple[int, str, str]:
     return op.layer, "bwd" if op.phase == "bwd" else "fwd", op_part(_LAYER_PREFIX.sub("", op.name))
 
 
-def _tally(ops, graphed: dict, moe_layers, phases) -> tuple[dict, dict, dict]:
-    """Counts of layer ops in ``phases``: by (layer, phase, part), graphed and ungraphed by
-    (layer, phase)."""
+class _Tally(NamedTuple):
+    by_part: dict  # (layer, phase, part) -> ops
+    graphed_n: dict  # (layer, phase) -> graphed ops (they share the replay)
+    eager_n: dict  # (layer, phase) -> ungraphed ops
+
+
+def _tally(ops, graphed: dict, moe_layers, phases) -> _Tally:
+    """Counts of a program's layer ops in ``phases``."""
     by_part: dict = {}
     graphed_n: dict = {}
     eager_n: dict = {}
@@ -217,7 +224,7 @@ def _tally(ops, graphed: dict, moe_layers, phases) -> tuple[dict, dict, dict]:
         by_part[key] = by_part.get(key, 0) + 1
         into = graphed_n if part in graphed["moe" if layer in moe_layers else "dense"] else eager_n
         into[(layer, phase)] = into.get((layer, phase), 0) + 1
-    return by_part, graphed_n, eager_n
+    return _Tally(by_part, graphed_n, eager_n)
 
 
 def program_host_s(prog, costs: HostCosts, moe_layers,
@@ -253,16 +260,16 @@ def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float
             continue
         layer, phase, part = _layer_key(op)
         kind = "moe" if layer in moe_layers else "dense"
-        by_part, _, eager_n = ref_rc if op.phase == "recompute" else own
+        ref = ref_rc if op.phase == "recompute" else own
         if part in graphed[kind]:
             replay = costs.replay_s[phase] if costs.replay_s else 0.0
-            per_op.append(replay / own[1][(layer, phase)])
+            per_op.append(replay / own.graphed_n[(layer, phase)])
             continue
         seconds = part_s[(kind, phase)]
         # parts of the framework's layer that no simmoe op of this layer stands for
         orphan = sum(sec for pt, sec in seconds.items()
-                     if pt not in graphed[kind] and (layer, phase, pt) not in by_part)
-        mine = by_part.get((layer, phase, part)) or own[0][(layer, phase, part)]
-        per_op.append(seconds.get(part, 0.0) / mine
-                      + orphan / (eager_n.get((layer, phase)) or own[2][(layer, phase)]))
+                     if pt not in graphed[kind] and (layer, phase, pt) not in ref.by_part)
+        mine = ref.by_part.get((layer, phase, part)) or own.by_part[(layer, phase, part)]
+        eager = ref.eager_n.get((layer, phase)) or own.eager_n[(layer, phase)]
+        per_op.append(seconds.get(part, 0.0) / mine + orphan / eager)
     return per_op

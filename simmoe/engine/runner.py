@@ -592,8 +592,8 @@ class Simulation:
         ckey = (key, id(self.host_costs))
         got = self._host_s.get(ckey)
         if got is None:
-            # a recompute in a backward program costs its forward op's share
-            forward = self.programs.get((key[0], "fwd")) if key[-1] != "fwd" else None
+            # a recompute in a backward program costs its forward op's share (step programs: none)
+            forward = self.programs.get((key[0], "fwd"))
             got = self._host_s[ckey] = program_host_s(prog, self.host_costs, self._moe_layer_set,
                                                       forward)
         return got
