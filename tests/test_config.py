@@ -158,6 +158,46 @@ def test_stage_split_conserves_blocks(pp, vpp, blocks, first, last):
         assert pp * vpp > 1 and blocks % (pp * vpp) != 0 or blocks < pp * vpp
 
 
+@given(pp=st.integers(1, 4), vpp=st.integers(1, 3), counts=st.lists(st.integers(0, 4), min_size=1, max_size=12),
+       blocks=st.integers(1, 30))
+def test_stage_layers_split_is_the_given_one_or_none(pp, vpp, counts, blocks):
+    par = Parallelism(pp=pp, vpp=vpp, stage_layers=counts)
+    split = split_stage_layers(blocks, par)
+    assert split == (tuple(counts) if len(counts) == pp * vpp and sum(counts) == blocks else None)
+
+
+def test_stage_layers_list(tmp_path, topo):
+    # Automodel's AutoPipeline shape: 61 layers over 32 stages, 29 of two and three of one.
+    topo["num_nodes"] = 4  # 32 GPUs: pp 4 x dp 8
+    split = [2] * 29 + [1] * 3
+    s = load_scenario(write(tmp_path, "s.yaml", variant(
+        model__layers=61, model__dense_layers=3, model__dense_ffn=512,
+        parallelism={"pp": 4, "vpp": 8, "schedule": "interleaved", "stage_layers": split},
+        training__global_batch=32)))
+    assert s.stage_layers() == tuple(split)
+
+
+@pytest.mark.parametrize("par,field,message", [
+    (dict(pp=4, stage_layers=[1, 1, 2]), "parallelism.stage_layers", "has 3 entries for pp*vpp=4*1=4"),
+    (dict(pp=4, stage_layers=[1, 1, 1, 0]), "parallelism.stage_layers", "sums to 3, not to the 4 blocks"),
+    (dict(pp=4, stage_layers=[1, 1, 1, 1], last_stage_layers=1), "parallelism.stage_layers",
+     "together with first_stage_layers"),
+    (dict(pp=4, stage_layers=[2, 1, 1, 0]), "parallelism.stage_layers",
+     "fewer than the model.mtp_depth=1 MTP modules"),
+    (dict(pp=4, first_stage_layers=2, last_stage_layers=0), "parallelism.last_stage_layers",
+     "fewer than the model.mtp_depth=1 MTP modules"),
+])
+def test_bad_stage_layers(tmp_path, topo, par, field, message):
+    topo["num_nodes"] = 1
+    mtp = 1 if "mtp" in message else 0
+    path = write(tmp_path, "s.yaml", variant(
+        model__layers=4 - mtp, model__mtp_depth=mtp, model__dense_layers=1, model__dense_ffn=512,
+        parallelism=dict(par, dp=2), training__global_batch=16))
+    with pytest.raises(ConfigError) as e:
+        load_scenario(path)
+    assert field in str(e.value) and message in str(e.value)
+
+
 def test_without_topology_dp_must_be_given(tmp_path):
     path = write(tmp_path, "s.yaml", BASE)  # fake-topo.yaml does not exist: it is never read
     with pytest.raises(ConfigError, match="parallelism.dp"):

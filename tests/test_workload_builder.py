@@ -146,6 +146,26 @@ def test_pipeline_placement_and_p2p():
     assert not collectives(last.forward, "pp") and not collectives(first.backward, "pp")
 
 
+def test_head_sits_on_the_last_stage_even_without_blocks():
+    """A split counting the loss as a layer (last_stage_layers 0, or a stage_layers list ending in
+    0) leaves the output layer and loss alone on the last virtual stage, as Megatron-Core's
+    post-process stage; the stage holding the last block then has no head (it once took it)."""
+    for par in (dict(pp=2, vpp=2, first_stage_layers=2, last_stage_layers=0),
+                dict(pp=2, vpp=2, stage_layers=[2, 1, 1, 0])):
+        sc = scenario(par=dict(par, dp=1), global_batch=8)
+        progs = [build_stage_program(sc, v) for v in range(4)]
+        assert [p.blocks for p in progs] == [(0, 1), (2,), (3,), ()]
+        heads = [v for v, p in enumerate(progs) if "head.logits" in by_name(p.forward)]
+        assert heads == [3]
+        last = by_name(progs[3].forward)
+        assert not [n for n in last if n.startswith("L")] and "head.loss" in last
+        assert "head.logits.bwd" in by_name(progs[3].backward)
+        assert progs[3].backward[-1].collective == "p2p_send"  # its gradient goes to stage 2
+        for p in progs:
+            check_dependencies(p.forward)
+            check_dependencies(p.backward)
+
+
 def test_recompute_ops_precede_each_block_backward():
     full = build_stage_program(scenario(MLA, activation_recompute="full"), 0)
     rc = [op for op in full.backward if op.phase == "recompute"]

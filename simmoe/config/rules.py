@@ -39,6 +39,10 @@ def split_stage_layers(blocks: int, par: Parallelism) -> tuple[int, ...] | None:
     :func:`check_pipeline_split` for the rule in words)."""
     stages = par.pp * par.vpp
     first, last = par.first_stage_layers, par.last_stage_layers
+    if par.stage_layers is not None:
+        given = tuple(par.stage_layers)
+        ok = first is None and last is None and len(given) == stages and sum(given) == blocks
+        return given if ok else None
     if stages == 1:
         if first is not None or last is not None:
             return None
@@ -67,14 +71,36 @@ def check_pipeline_split(s: Scenario) -> list[Problem]:
     """Blocks = model.layers + model.mtp_depth (MTP modules sit on the last stage). Over
     pp * vpp virtual stages they split evenly, unless parallelism.first_stage_layers and/or
     last_stage_layers fix the first/last stage, in which case the remaining blocks split evenly
-    (at least one each) over the other stages."""
+    (at least one each) over the other stages, or parallelism.stage_layers gives every stage's
+    count (one per stage, summing to the blocks)."""
     par = s.parallelism
     m = s.model
     blocks = m.layers + m.mtp_depth
     stages = par.virtual_stages
-    if split_stage_layers(blocks, par) is not None:
+    split = split_stage_layers(blocks, par)
+    if split is not None:
+        if m.mtp_depth and split[-1] < m.mtp_depth:
+            field = ("parallelism.stage_layers" if par.stage_layers is not None
+                     else "parallelism.last_stage_layers")
+            return [Problem(field, par.stage_layers if par.stage_layers is not None else split[-1],
+                            f"leaves the last virtual stage {split[-1]} blocks, fewer than the "
+                            f"model.mtp_depth={m.mtp_depth} MTP modules that sit there",
+                            f"at least {m.mtp_depth} blocks on the last stage")]
         return []
     what = f"{blocks} blocks (model.layers={m.layers} + model.mtp_depth={m.mtp_depth})"
+    if par.stage_layers is not None:
+        given = par.stage_layers
+        if par.first_stage_layers is not None or par.last_stage_layers is not None:
+            return [Problem("parallelism.stage_layers", given,
+                            "is given together with first_stage_layers / last_stage_layers",
+                            "one of the two ways to split the pipeline")]
+        if len(given) != stages:
+            return [Problem("parallelism.stage_layers", given,
+                            f"has {len(given)} entries for pp*vpp={par.pp}*{par.vpp}={stages} "
+                            "virtual pipeline stages", f"one count of blocks per stage ({stages})")]
+        return [Problem("parallelism.stage_layers", given,
+                        f"sums to {sum(given)}, not to the {what}",
+                        f"counts summing to {blocks}")]
     if stages == 1:
         field = "parallelism.first_stage_layers" if par.first_stage_layers is not None else "parallelism.last_stage_layers"
         value = par.first_stage_layers if par.first_stage_layers is not None else par.last_stage_layers

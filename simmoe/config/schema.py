@@ -201,6 +201,10 @@ class Parallelism(_Section):
     # blocks on the first / last virtual stage; the rest split evenly over the other stages.
     first_stage_layers: NonNegInt | None = None
     last_stage_layers: NonNegInt | None = None
+    # Or every virtual stage's blocks, in model order (Megatron's --pipeline-model-parallel-layout,
+    # torch.distributed.pipelining splitters): any split, a stage may hold none (the embedding
+    # stays on the first stage, the output layer and loss on the last).
+    stage_layers: list[NonNegInt] | None = None
     # SMs that communication kernels hold while compute runs (DeepEP's all-to-alls take 20 of the
     # H800's 132 SMs in DeepSeek-V3's DualPipe overlap, report section 3.2.2). The compute model then
     # runs every kernel on the GPU's SMs minus these (docs/compute.md). 0: communication on copy

@@ -185,10 +185,10 @@ def stage_blocks(scenario: Scenario, virtual_stage: int) -> tuple[int, ...]:
 
 
 def stage_has_main_head(scenario: Scenario, virtual_stage: int) -> bool:
-    """The main LM head sits with the first MTP module (it feeds it), else after the last block."""
-    m = scenario.model
-    anchor = m.layers if m.mtp_depth else m.layers - 1
-    return anchor in stage_blocks(scenario, virtual_stage)
+    """The main LM head sits on the last virtual stage (Megatron-Core's post-process stage), with
+    the MTP modules it feeds (the loader keeps them there), after the stage's last block, or alone
+    when the stage holds none (a split counting the loss as a layer)."""
+    return virtual_stage == scenario.parallelism.virtual_stages - 1
 
 
 def stage_local_params(scenario: Scenario, virtual_stage: int) -> StageLocalParams:
