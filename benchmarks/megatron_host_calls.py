@@ -385,6 +385,34 @@ def _measure(rank: int, args, queue) -> None:
     dist.destroy_process_group()
 
 
+def run_ranks(target, args, ranks: int, timeout_s: float):
+    """Run ``target(rank, args, queue)`` in ``ranks`` spawned processes; rank 0 puts the result on
+    the queue. Returns it, or None when a process fails (a failed rank would otherwise leave the
+    others, and this wait, blocked until the timeout)."""
+    import queue as queue_mod
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, args, queue)) for r in range(ranks)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    got = None
+    while got is None and time.monotonic() < deadline:
+        try:
+            got = queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break
+    for p in procs:
+        if got is None:
+            p.terminate()
+        p.join()
+    return got if got is not None and not any(p.exitcode for p in procs) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="CSV file (default: print only)")
@@ -408,7 +436,6 @@ def main(argv=None) -> int:
         print("megatron-core is not importable: pip install --no-deps --target DIR "
               "megatron-core==0.16.1 and put DIR on PYTHONPATH", file=sys.stderr)
         return 2
-    import torch.multiprocessing as mp
 
     rows = []
     for ep in args.ep:
@@ -416,17 +443,10 @@ def main(argv=None) -> int:
         # with its load from run to run; the counts (ep > 1) need one.
         for i in range(args.runs if ep == 1 and args.parts_out is None else 1):
             run = argparse.Namespace(**{**vars(args), "ep": ep, "port": args.port + 10 * i + ep})
-            ctx = mp.get_context("spawn")
-            queue = ctx.Queue()
-            procs = [ctx.Process(target=_measure, args=(r, run, queue)) for r in range(ep)]
-            for p in procs:
-                p.start()
-            got = queue.get(timeout=1800)
-            for p in procs:
-                p.join()
-                if p.exitcode:
-                    print(f"a process of the ep {ep} run failed", file=sys.stderr)
-                    return 1
+            got = run_ranks(_measure, run, ep, timeout_s=1800)
+            if got is None:
+                print(f"a process of the ep {ep} run failed", file=sys.stderr)
+                return 1
             rows += [{**r, "run": i} for r in got] if args.parts_out is None else got
     fields, path = (FIELDS, args.out) if args.parts_out is None else (PARTS_FIELDS, args.parts_out)
     w = csv.DictWriter(sys.stdout, fields)
