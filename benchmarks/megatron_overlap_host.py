@@ -1,7 +1,8 @@
 """Host time that Megatron-Core's EP all-to-all overlap adds per MoE layer, on a CPU.
 
     mkdir -p /tmp/mcsite && tar xzf .whl/mcsite.tgz -C /tmp/mcsite   # megatron-core 0.16.1
-    PYTHONPATH=/tmp/mcsite:$PWD python benchmarks/megatron_overlap_host.py --repeats 200 --ep 2
+    PYTHONPATH=/tmp/mcsite:$PWD python benchmarks/megatron_overlap_host.py --repeats 300 --ep 2 \
+        --out simmoe/data/host/megatron-core-0.16.1-overlap.csv
 
 Why: with ``overlap_moe_expert_parallel_comm`` ("combined 1F1B") Megatron-Core 0.16.1 runs one
 micro-batch's forward of a layer together with another micro-batch's backward of that layer,
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import os
 import statistics
 import sys
@@ -215,6 +217,7 @@ def _measure(rank: int, args, queue) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(args.port))
     dist.init_process_group("gloo", rank=rank, world_size=args.ep)
+    import megatron.core
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(1, 1, expert_model_parallel_size=args.ep)
@@ -349,7 +352,8 @@ def _measure(rank: int, args, queue) -> None:
                "stream_ctx": f"{calls['plain']['stream_ctx']}/{calls['overlap']['stream_ctx']}",
                "nvtx": f"{calls['plain']['nvtx']}/{calls['overlap']['nvtx']}",
                "probe_mul_s": med["mul"], "probe_bwd_kernel_s": med["bwd_kernel"],
-               "rank": rank,
+               "rank": rank, "ep": args.ep, "megatron_core": megatron.core.__version__,
+               "torch": torch.__version__,
                "op_diff": {k: counts["overlap"].ops[k] - counts["plain"].ops[k]
                            for k in sorted(set(counts["overlap"].ops) | set(counts["plain"].ops))
                            if counts["overlap"].ops[k] != counts["plain"].ops[k]}}
@@ -373,6 +377,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ep", type=int, default=2, help="expert-parallel processes over gloo (>= 2)")
     ap.add_argument("--local-experts", nargs="+", type=int, default=[4, 16])
     ap.add_argument("--port", type=int, default=29617)
+    ap.add_argument("--out", help="also write the rows to this CSV (simmoe/data/host/)")
     args = ap.parse_args(argv)
     if args.ep < 2:  # with one rank the all-to-alls return their input, which the nodes then free
         ap.error("overlap_moe_expert_parallel_comm needs expert parallelism: --ep 2 or more")
@@ -393,6 +398,17 @@ def main(argv=None) -> int:
             print(f"rank {row['rank']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in COLUMNS))
     for row in gathered[0]:
         print(f"local_experts={row['local_experts']} ops overlap - plain by op: {row['op_diff']}")
+    if args.out:
+        from simmoe.atomic import atomic_write
+
+        fields = ("rank", "ep", *COLUMNS, "megatron_core", "torch")
+
+        def write(f):
+            out = csv.DictWriter(f, fields, extrasaction="ignore", lineterminator="\n")
+            out.writeheader()
+            out.writerows(row for rows in gathered for row in rows)
+
+        atomic_write(args.out, write, binary=False)
     return 0
 
 

@@ -322,6 +322,35 @@ def test_a_recompute_reissues_only_what_it_recomputes():
     assert 0 < layer_rc < 0.25 * costs.layer_s[("moe", "fwd")]
 
 
+def test_the_ep_overlap_charges_its_measured_extra_to_each_moe_layers_backward():
+    """Megatron's EP all-to-all overlap: the schedule plan's own host work (measured by
+    benchmarks/megatron_overlap_host.py, in bare CPU ops) lands on each MoE layer's backward,
+    exactly once per layer, and nowhere else; graphed or not."""
+    rows = _csv(HOST_DIR / "megatron-core-0.16.1-overlap.csv")
+    # what was measured is Python around the same kernels: at most three more ops per pair
+    assert all(0 <= int(r["ops_overlap"]) - int(r["ops_plain"]) <= 3 for r in rows)
+    per_mul = [(float(r["extra_s"]) + float(r["build_s"])) / float(r["probe_mul_s"]) for r in rows]
+    ref_mul = statistics.median(float(r["probe_mul_s"])
+                                for r in _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv") if r["host_s_per_op"])
+    fwd, bwd, moe = _stage("validation/scenarios/qwen3-235b-a22b-h100x256-bf16-ep32")
+    for scope in ((), ("attn", "moe_router", "moe_preprocess")):
+        plain = host_costs("megatron_core", "x86-lent-1", scope)
+        over = host_costs("megatron_core", "x86-lent-1", scope, ep_overlap=True)
+        assert plain.overlap_s == 0.0
+        # x86-lent-1 has no CPU-speed probe of its own: the reference CPU's bare op carries it
+        assert over.overlap_s == pytest.approx(statistics.median(per_mul) * ref_mul, rel=1e-9)
+        assert min(per_mul) * ref_mul <= over.overlap_s <= max(per_mul) * ref_mul
+        for prog, phase in ((fwd, "fwd"), (bwd, "bwd")):
+            a = op_host_s(prog.ops, plain, moe, fwd.ops)
+            b = op_host_s(prog.ops, over, moe, fwd.ops)
+            for layer in {op.layer for op in prog.ops if op.layer is not None}:
+                extra = sum(y - x for x, y, op in zip(a, b, prog.ops) if op.layer == layer)
+                want = over.overlap_s if phase == "bwd" and layer in moe else 0.0
+                assert extra == pytest.approx(want, abs=1e-12), (phase, layer)
+            outside = [y - x for x, y, op in zip(a, b, prog.ops) if op.layer is None]
+            assert outside == pytest.approx([0.0] * len(outside))
+
+
 def test_graph_scope_errors_name_the_field():
     with pytest.raises(InputError, match="host.cuda_graph_scope"):
         host_costs("megatron_core", "x86-lent-1", ("full_iteration",))

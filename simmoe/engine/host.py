@@ -33,6 +33,11 @@ benchmark, forward and backward), and each part's seconds are spread evenly over
 that part (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues). A recompute
 re-issues only what it recomputes: each recomputed op costs its forward op's share.
 
+Megatron's EP all-to-all overlap (``parallelism.ep_comm_overlap``) runs each layer as schedule-plan
+nodes, one autograd call, event and stream switch per node: its own host work per MoE layer and
+micro-batch pair (``benchmarks/megatron_overlap_host.py``, Megatron-Core's own code on a CPU, in
+bare CPU ops) is added to the layer's backward, carried by CPU speed like the framework's share.
+
 CUDA graphs (``host.cuda_graph_scope``, Megatron-Core's names) take whole parts off the host: a
 graphed part's ops are replayed, and each layer and phase with a graphed part costs one replay
 instead (GRAPH_REPLAY_OPS bare ops of the phase). Which parts each scope graphs is Megatron-Core
@@ -59,6 +64,9 @@ HOST_DIR = PACKAGE_DATA_DIR / "host"
 CPUS_FILE = "cpus.yaml"
 STACKS = {"megatron_core": "megatron-core-0.16.1-cpu.csv"}
 PARTS = {"megatron_core": "megatron-core-0.16.1-parts.csv"}  # ops per part of a layer
+# Host time Megatron's EP all-to-all overlap adds per MoE layer and micro-batch pair
+# (benchmarks/megatron_overlap_host.py)
+OVERLAP = {"megatron_core": "megatron-core-0.16.1-overlap.csv"}
 
 # Parts each graph scope replays, by layer kind (Megatron-Core 0.16.1, cuda_graph_impl
 # transformer_engine): attn the input norm, attention and its residual add; mlp a dense layer's
@@ -94,6 +102,9 @@ class HostCosts:
     part_s: dict = None  # (kind, phase) -> {part: eager host seconds}; they sum to layer_s
     graphed: dict = None  # kind -> parts replayed from CUDA graphs (host.cuda_graph_scope)
     replay_s: dict = None  # phase -> host seconds of one graph replay
+    # EP all-to-all overlap (parallelism.ep_comm_overlap): the schedule plan's own host seconds per
+    # MoE layer and micro-batch, charged to the layer's backward (where the measurement puts it)
+    overlap_s: float = 0.0
 
 
 @lru_cache(maxsize=None)
@@ -134,9 +145,11 @@ def op_part(name: str) -> str:
     return next((part for prefix, part in _OP_PARTS if name.startswith(prefix)), "other")
 
 
-def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = ()) -> HostCosts:
+def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = (),
+               ep_overlap: bool = False) -> HostCosts:
     """Per-layer host seconds of ``stack`` on ``cpu`` (names in simmoe/data/host/), with the
-    parts ``graph_scope`` (Megatron-Core's cuda_graph_scope names) replayed from CUDA graphs."""
+    parts ``graph_scope`` (Megatron-Core's cuda_graph_scope names) replayed from CUDA graphs, and
+    with ``ep_overlap`` the EP all-to-all overlap's own host work per MoE layer."""
     if stack not in STACKS:
         raise InputError("unknown host stack", field="host.stack", value=stack,
                          allowed=", ".join(["none", *STACKS]))
@@ -182,8 +195,21 @@ def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = ()) -> HostC
     graphed = {kind: frozenset(p for scope in graph_scope for p in GRAPH_SCOPE_PARTS[scope][kind])
                for kind in ("dense", "moe")}
     replay_s = {phase: GRAPH_REPLAY_OPS * b for phase, (b, _) in bare.items()}
+    overlap_s = overlap_ops(stack) * cpu_op_s if ep_overlap else 0.0
     return HostCosts(stack, cpu, layer_s, bare["fwd"][0], factor * float(entry["sync_s"]),
-                     part_s, graphed, replay_s)
+                     part_s, graphed, replay_s, overlap_s)
+
+
+@lru_cache(maxsize=None)
+def overlap_ops(stack: str) -> float:
+    """The EP overlap's extra host work per MoE layer and micro-batch pair (the schedule plan's
+    nodes run against the plain forward and backward, plus building the plan), in bare CPU ops of
+    the machine that measured it: pure framework Python (its op count barely changes), so carried
+    to a host by CPU speed like the framework's share of each op. Median over the measured rows."""
+    with open(HOST_DIR / OVERLAP[stack], newline="") as f:
+        rows = list(csv.DictReader(f))
+    return statistics.median((float(r["extra_s"]) + float(r["build_s"])) / float(r["probe_mul_s"])
+                             for r in rows)
 
 
 def host_scale_factor(scaled: dict) -> float:
@@ -261,9 +287,13 @@ def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float
         layer, phase, part = _layer_key(op)
         kind = "moe" if layer in moe_layers else "dense"
         ref = ref_rc if op.phase == "recompute" else own
+        overlap = 0.0  # the EP overlap's own work, shared by the layer's backward ops
+        if costs.overlap_s and kind == "moe" and op.phase == "bwd":
+            overlap = costs.overlap_s / (own.eager_n.get((layer, phase), 0)
+                                         + own.graphed_n.get((layer, phase), 0))
         if part in graphed[kind]:
             replay = costs.replay_s[phase] if costs.replay_s else 0.0
-            per_op.append(replay / own.graphed_n[(layer, phase)])
+            per_op.append(replay / own.graphed_n[(layer, phase)] + overlap)
             continue
         seconds = part_s[(kind, phase)]
         # parts of the framework's layer that no simmoe op of this layer stands for
@@ -271,5 +301,5 @@ def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float
                      if pt not in graphed[kind] and (layer, phase, pt) not in ref.by_part)
         mine = ref.by_part.get((layer, phase, part)) or own.by_part[(layer, phase, part)]
         eager = ref.eager_n.get((layer, phase)) or own.eager_n[(layer, phase)]
-        per_op.append(seconds.get(part, 0.0) / mine + orphan / eager)
+        per_op.append(seconds.get(part, 0.0) / mine + orphan / eager + overlap)
     return per_op
