@@ -274,7 +274,8 @@ def op_host_s(ops, costs: HostCosts, moe_layers, forward_ops=None) -> list[float
     HostCosts has no parts) by all the layer's ungraphed ops of the phase. Graphed parts cost one
     replay per layer and phase, shared by their ops. Ops outside the layers cost one bare op
     each. A recompute op re-issues only itself: it costs its forward op's share, counted in
-    ``forward_ops`` (the stage's forward program's; else in the recompute ops themselves)."""
+    ``forward_ops`` (the stage's forward program's; else in the recompute ops themselves). The EP
+    overlap's own seconds (``costs.overlap_s``) are shared by each MoE layer's backward ops."""
     part_s = costs.part_s or {key: {"*": s} for key, s in costs.layer_s.items()}
     graphed = costs.graphed or {"dense": frozenset(), "moe": frozenset()}
     own = _tally(ops, graphed, moe_layers, ("fwd", "bwd", "recompute"))
