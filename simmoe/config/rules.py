@@ -80,9 +80,9 @@ def check_pipeline_split(s: Scenario) -> list[Problem]:
     split = split_stage_layers(blocks, par)
     if split is not None:
         if m.mtp_depth and split[-1] < m.mtp_depth:
-            field = ("parallelism.stage_layers" if par.stage_layers is not None
-                     else "parallelism.last_stage_layers")
-            return [Problem(field, par.stage_layers if par.stage_layers is not None else split[-1],
+            field, value = (("parallelism.stage_layers", par.stage_layers) if par.stage_layers is not None
+                            else ("parallelism.last_stage_layers", split[-1]))
+            return [Problem(field, value,
                             f"leaves the last virtual stage {split[-1]} blocks, fewer than the "
                             f"model.mtp_depth={m.mtp_depth} MTP modules that sit there",
                             f"at least {m.mtp_depth} blocks on the last stage")]
