@@ -1,8 +1,10 @@
 """Megatron-Core's host work per transformer layer, counted and timed on a CPU (or on one GPU).
 
     pip install --no-deps --target /tmp/mcore megatron-core==0.16.1
-    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --repeats 300 --runs 3 \
-        --out simmoe/data/host/megatron-core-0.16.1-cpu.csv
+    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --attention gqa \
+        --repeats 300 --runs 3 --out simmoe/data/host/megatron-core-0.16.1-cpu.csv
+    PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py --ep 1 --repeats 1000 \
+        --runs 5 --out simmoe/data/host/megatron-core-0.16.1-attention.csv
     PYTHONPATH=/tmp/mcore python benchmarks/megatron_host_calls.py \
         --parts-out simmoe/data/host/megatron-core-0.16.1-parts.csv
 
@@ -39,7 +41,16 @@ name, forward and backward. A forward op belongs to the innermost part running; 
 the part whose forward created the autograd node running it (``torch._C._current_autograd_node``
 and the nodes' creation order), a gradient accumulation to the part owning the parameter.
 
-Rows: one per (layer kind, phase). ``ep`` > 1 runs that many processes over gloo so the
+Layers: ``--attention gqa`` is Qwen3's grouped-query attention with QK norm (the reference run,
+megatron-core-0.16.1-cpu.csv; the layer is called without RoPE, which the model passes in);
+``mla`` is DeepSeek-V3's multi-latent attention (down- and up-projections, the latents' norms,
+YaRN RoPE inside the layer, through Megatron's fused MLA RoPE as Megatron-Bridge turns it on:
+one op each way for the queries and for the keys and values, standing in for its Triton kernels;
+the local core attention sized for MLA's value heads, as Transformer Engine's takes both sizes).
+The two timed side by side in one process (megatron-core-0.16.1-attention.csv) give simmoe the
+ratio of their framework shares per op (simmoe.engine.host).
+
+Rows: one per (layer kind, attention, phase). ``ep`` > 1 runs that many processes over gloo so the
 all-to-all dispatcher's exchange is counted (its timing then includes gloo and is not used).
 CUDA-only calls (streams, events, the CUDA RNG tracker, Transformer Engine's router GEMM,
 grouped_gemm's kernel) are replaced by CPU stand-ins that issue the same number of ops: one per
@@ -59,11 +70,11 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-FIELDS = ("layer", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
+FIELDS = ("layer", "attention", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
           "experts_ops", "dispatcher_ops", "other_ops", "host_s", "host_s_per_op",
           "probe_mul_s", "probe_bwd_kernel_s", "megatron_core", "torch", "device", "run")
 
-PARTS_FIELDS = ("layer", "local_experts", "ep", "phase", "part", "ops", "megatron_core", "torch")
+PARTS_FIELDS = ("layer", "attention", "local_experts", "ep", "phase", "part", "ops", "megatron_core", "torch")
 
 # Parts of a layer as Megatron-Core 0.16.1's CUDA-graph scopes cut it (transformer_layer.py,
 # ``_get_submodules_under_cudagraphs``; moe/moe_layer.py): the layer's methods and modules that
@@ -158,29 +169,82 @@ def _stub_megatron(torch, cuda: bool):
     gg.grouped_gemm, gg.ops = object(), Ops
     ex.gg = gg
 
+    # Multi-latent attention's fused RoPE (Megatron's Triton kernels, on with Megatron-Bridge's
+    # apply_rope_fusion): one kernel forward and one backward for the queries, the same for the
+    # keys and values, as the fused kernels issue.
+    import megatron.core.transformer.multi_latent_attention as mla
 
-def _layer(torch, kind: str, local_experts: int, ep: int):
+    if not cuda:  # no Transformer Engine here, though its wrapper module imports (names as None)
+        mla.HAVE_TE = False
+
+    class RopeQ(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, cos, sin, qk_dim, emb_dim, *_):
+            return q * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.0, None, None, None, None
+
+    class RopeKV(torch.autograd.Function):  # the counts matter, not the values: one op each way
+        @staticmethod
+        def forward(ctx, kv, k_pos, cos, sin, emb_dim, qk_dim, v_dim, *_):
+            ctx.pos_shape = k_pos.shape
+            out = torch.cat([kv, k_pos.expand(*kv.shape[:-1], emb_dim)], dim=-1)
+            return out[..., :qk_dim + emb_dim], out[..., out.shape[-1] - v_dim:]
+
+        @staticmethod
+        def backward(ctx, g_key, g_value):
+            g = torch.cat([g_key, g_value], dim=-1)
+            emb = ctx.pos_shape[-1]
+            width = g.shape[-1] - emb  # qk_dim + v_dim
+            return g[..., :width], g[:, :, :1, :emb], None, None, None, None, None
+
+    mla.fused_apply_mla_rope_for_q = lambda q, cos, sin, qk, emb, *a: RopeQ.apply(
+        q, cos, sin, qk, emb)
+    mla.fused_apply_mla_rope_for_kv = lambda kv, kp, cos, sin, emb, qk, v, *a: RopeKV.apply(
+        kv, kp, cos, sin, emb, qk, v)
+
+
+def _layer(torch, kind: str, local_experts: int, ep: int, attention: str = "gqa"):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.spec_utils import build_module
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.transformer.transformer_config import (MLATransformerConfig,
+                                                              TransformerConfig)
 
     moe = kind.startswith("moe")
     experts = local_experts * ep if moe else None
-    # GQA with QK norm (Qwen3). Multi-latent attention's local spec does not build in 0.16.1.
-    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
-                 add_bias_linear=False, gated_linear_unit=True,
-                 activation_func=torch.nn.functional.silu, normalization="RMSNorm",
-                 hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
-                 bf16=True, params_dtype=torch.bfloat16,
-                 **(dict(num_moe_experts=experts, moe_ffn_hidden_size=32,
-                         moe_router_topk=min(8, experts), moe_token_dispatcher_type="alltoall",
-                         moe_grouped_gemm=True, moe_use_legacy_grouped_gemm=True,
-                         moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3)
-                    if moe else {}),
-                 num_query_groups=2, qk_layernorm=True)
-    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=moe,
-                                    qk_layernorm=True,
-                                    moe_use_legacy_grouped_gemm=moe)
+    common = dict(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                  add_bias_linear=False, gated_linear_unit=True,
+                  activation_func=torch.nn.functional.silu, normalization="RMSNorm",
+                  hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
+                  bf16=True, params_dtype=torch.bfloat16, qk_layernorm=True,
+                  **(dict(num_moe_experts=experts, moe_ffn_hidden_size=32,
+                          moe_router_topk=min(8, experts), moe_token_dispatcher_type="alltoall",
+                          moe_grouped_gemm=True, moe_use_legacy_grouped_gemm=True,
+                          moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3)
+                     if moe else {}))
+    if attention == "gqa":  # Qwen3's: grouped queries with QK norm
+        cfg = TransformerConfig(**common, num_query_groups=2)
+    else:  # DeepSeek-V3's multi-latent attention (down/up projections, latent norms, YaRN RoPE)
+        cfg = MLATransformerConfig(**common, q_lora_rank=32, kv_lora_rank=16, qk_head_dim=16,
+                                   qk_pos_emb_head_dim=8, v_head_dim=16, rope_type="yarn",
+                                   apply_rope_fusion=True)
+    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=moe, qk_layernorm=True,
+                                    moe_use_legacy_grouped_gemm=moe,
+                                    multi_latent_attention=attention == "mla")
+    if attention == "mla":
+        # The local core attention takes one head size; MLA's keys and values differ (Transformer
+        # Engine's attention takes both). The same unfused ops, sized for the values.
+        class LocalMLACoreAttention(DotProductAttention):
+            def __init__(self, *a, k_channels=None, v_channels=None, **k):
+                super().__init__(*a, **k)
+                if v_channels is not None:  # Attention's own init builds one without them first
+                    self.hidden_size_per_partition = (self.num_attention_heads_per_partition
+                                                      * v_channels)
+
+        spec.submodules.self_attention.submodules.core_attention = LocalMLACoreAttention
     return build_module(spec, config=cfg, layer_number=1)
 
 
@@ -280,11 +344,11 @@ def _measure(rank: int, args, queue) -> None:
     import megatron.core
 
     rows = []
-    for kind in args.layers:
+    for attention, kind in [(a, k) for a in args.attention for k in args.layers]:
         moe = kind.startswith("moe")
         for local in (args.local_experts if moe else [0]):
             torch.manual_seed(0)
-            layer = _layer(torch, kind, local, args.ep).to(dev)
+            layer = _layer(torch, kind, local, args.ep, attention).to(dev)
             part = ["other"]
 
             def enter(name):
@@ -323,8 +387,8 @@ def _measure(rank: int, args, queue) -> None:
                 forward().sum().backward()
             if args.parts_out is not None:
                 for (phase, name), n in sorted(_count_parts(torch, layer, moe, forward).items()):
-                    rows.append({"layer": kind, "local_experts": local, "ep": args.ep,
-                                 "phase": phase, "part": name, "ops": n,
+                    rows.append({"layer": kind, "attention": attention, "local_experts": local,
+                                 "ep": args.ep, "phase": phase, "part": name, "ops": n,
                                  "megatron_core": megatron.core.__version__,
                                  "torch": torch.__version__})
                 continue
@@ -371,8 +435,8 @@ def _measure(rank: int, args, queue) -> None:
             for phase, c in (("fwd", fwd), ("bwd", bwd)):
                 ops = sum(c.ops.values())
                 host = statistics.median(times[phase])
-                rows.append({"layer": kind, "local_experts": local, "ep": args.ep, "phase": phase,
-                             "ops": ops, **{f"{p}_ops": c.ops.get(p, 0) for p in
+                rows.append({"layer": kind, "attention": attention, "local_experts": local,
+                             "ep": args.ep, "phase": phase, "ops": ops, **{f"{p}_ops": c.ops.get(p, 0) for p in
                                             ("attention", "router", "experts", "dispatcher", "other")},
                              "host_s": host if args.ep == 1 else "",
                              "host_s_per_op": host / ops if args.ep == 1 else "",
@@ -417,6 +481,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="CSV file (default: print only)")
     ap.add_argument("--layers", nargs="+", default=["dense", "moe"], choices=["dense", "moe"])
+    ap.add_argument("--attention", nargs="+", default=["gqa", "mla"], choices=["gqa", "mla"],
+                    help="gqa: Qwen3's grouped-query attention; mla: DeepSeek-V3's multi-latent")
     ap.add_argument("--local-experts", nargs="+", type=int, default=[4, 16])
     ap.add_argument("--ep", type=int, nargs="+", default=[1, 2],
                     help="expert-parallel sizes (processes over gloo); timing only from ep 1")

@@ -217,6 +217,83 @@ def test_the_parts_count_the_same_ops_as_the_timed_run():
     assert parts[("moe", "fwd")]["router"] > parts[("moe", "fwd")]["experts"]
 
 
+def test_mla_layers_cost_their_own_ops_at_the_side_by_side_share_by_hand():
+    """A multi-latent attention layer issues the ops counted for it (benchmarks/
+    megatron_host_calls.py --attention mla). Its other parts are GQA's layer code: the same ops at
+    the same cost. Its attention's ops carry the reference run's GQA framework share times the
+    ratio timed side by side, where all of the two layers' difference is the attention's."""
+    rows = _csv(HOST_DIR / "megatron-core-0.16.1-cpu.csv")
+    side = _csv(HOST_DIR / "megatron-core-0.16.1-attention.csv")
+    parts = _csv(HOST_DIR / "megatron-core-0.16.1-parts.csv")
+    cpus = yaml.safe_load((HOST_DIR / "cpus.yaml").read_text())["cpus"]
+    gqa, mla = host_costs("megatron_core", "x86-lent-1"), host_costs("megatron_core", "x86-lent-1",
+                                                                     attention="mla")
+    timed = [r for r in rows if r["host_s"]]
+    cpu_op_s = statistics.median(float(r["probe_mul_s"]) for r in timed)
+    probe = {"fwd": ("probe_mul_s", "probe_mul_s"), "bwd": ("probe_bwd_kernel_s", "bwd_kernel_s")}
+    max_ep = max(int(r["ep"]) for r in parts)
+
+    def counts(attention, kind, phase, ep):  # part -> ops (the counts do not depend on experts)
+        return {r["part"]: int(r["ops"]) for r in parts
+                if (r["attention"], r["layer"], r["phase"], int(r["ep"])) == (attention, kind, phase, ep)
+                and r["local_experts"] in ("0", "4")}
+
+    for kind in ("dense", "moe"):
+        for phase in ("fwd", "bwd"):
+            column, field = probe[phase]
+
+            def share(r):
+                return (float(r["host_s"]) / int(r["ops"]) - float(r[column])) / float(r["probe_mul_s"])
+
+            framework = statistics.median(share(r) for r in timed
+                                          if (r["layer"], r["phase"]) == (kind, phase))
+            pairs = {}
+            for r in side:
+                if (r["layer"], r["phase"]) == (kind, phase):
+                    pairs.setdefault((r["local_experts"], r["run"]), {})[r["attention"]] = r
+            g_att = counts("gqa", kind, phase, 1)["attention"]
+            m_att = counts("mla", kind, phase, 1)["attention"]
+            ratio = statistics.median(
+                (g_att * share(p["gqa"]) + int(p["mla"]["ops"]) * share(p["mla"])
+                 - int(p["gqa"]["ops"]) * share(p["gqa"])) / (m_att * share(p["gqa"]))
+                for p in pairs.values())
+            gpu_op_s = cpus["x86-lent-1"][field]
+            for part, n in counts("mla", kind, phase, max_ep).items():
+                want = n * ((ratio if part == "attention" else 1.0) * framework * cpu_op_s + gpu_op_s)
+                assert mla.part_s[(kind, phase)][part] == pytest.approx(want), (kind, phase, part)
+                if part != "attention":  # the same code as GQA's layer: the same seconds
+                    assert mla.part_s[(kind, phase)][part] == pytest.approx(gqa.part_s[(kind, phase)][part])
+            assert mla.layer_s[(kind, phase)] == pytest.approx(sum(mla.part_s[(kind, phase)].values()))
+            # measured: MLA's attention issues more ops than GQA's, each with more Python around it
+            assert ratio > 1 and m_att > g_att
+            assert mla.layer_s[(kind, phase)] > gqa.layer_s[(kind, phase)]
+            # the side-by-side GQA layer is the reference run's: the same code, the same ops
+            assert {int(r["ops"]) for r in side if (r["layer"], r["phase"], r["attention"])
+                    == (kind, phase, "gqa")} == {int(r["ops"]) for r in timed
+                                                 if (r["layer"], r["phase"]) == (kind, phase)}
+            # and the side-by-side MLA layer issued the ops counted by part (ep 1: no exchange)
+            assert {int(r["ops"]) for r in side if (r["layer"], r["phase"], r["attention"])
+                    == (kind, phase, "mla")} == {sum(counts("mla", kind, phase, 1).values())}
+    # MLA's attention is the same code in dense and MoE layers: the same extra seconds in both
+    for phase in ("fwd", "bwd"):
+        extra = {k: mla.part_s[(k, phase)]["attention"] - gqa.part_s[(k, phase)]["attention"]
+                 for k in ("dense", "moe")}
+        assert extra["dense"] == pytest.approx(extra["moe"], rel=0.15), (phase, extra)
+
+
+def test_mha_layers_are_counted_as_gqa_and_the_runner_passes_the_models_attention():
+    assert host_costs("megatron_core", "x86-lent-1", attention="mha") == host_costs(
+        "megatron_core", "x86-lent-1")
+    with pytest.raises(InputError, match="model.attention.type"):
+        host_costs("megatron_core", "x86-lent-1", attention="linear")
+    from simmoe.config.loader import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios" / "deepseek-v3-h800.yaml",
+                       ["host.stack=megatron_core", "host.cpu=x86-lent-1"])
+    assert sc.model.attention.type == "mla"
+    assert Simulation(sc).host_costs == host_costs("megatron_core", "x86-lent-1", attention="mla")
+
+
 # the op names of a layer that stand for the rest of Megatron-Core's layer (its residual add) or
 # for no module of it (ZeRO's gathers, gradient accumulation)
 _OTHER = ("moe.residual", "ffn.residual", "grad_accum", "zero")

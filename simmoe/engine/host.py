@@ -33,6 +33,11 @@ benchmark, forward and backward), and each part's seconds are spread evenly over
 that part (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues). A recompute
 re-issues only what it recomputes: each recomputed op costs its forward op's share.
 
+The reference run times GQA layers (MHA models take them). A model with multi-latent attention
+issues the MLA layer's own ops, counted the same way: the rest of the layer costs what GQA's does
+(the same code), its attention part GQA's framework share per op times the ratio of the two layers
+timed side by side in one process (``--attention gqa mla``; attention_share_ratio).
+
 Megatron's EP all-to-all overlap (``parallelism.ep_comm_overlap``) runs each layer as schedule-plan
 nodes, one autograd call, event and stream switch per node: its own host work per MoE layer and
 micro-batch pair (``benchmarks/megatron_overlap_host.py``, Megatron-Core's own code on a CPU, in
@@ -67,6 +72,11 @@ PARTS = {"megatron_core": "megatron-core-0.16.1-parts.csv"}  # ops per part of a
 # Host time Megatron's EP all-to-all overlap adds per MoE layer and micro-batch pair
 # (benchmarks/megatron_overlap_host.py)
 OVERLAP = {"megatron_core": "megatron-core-0.16.1-overlap.csv"}
+# The same layers with grouped-query and with multi-latent attention, timed side by side
+# (benchmarks/megatron_host_calls.py --attention gqa mla): the ratio of their framework share per op
+ATTENTION = {"megatron_core": "megatron-core-0.16.1-attention.csv"}
+# simmoe's attention types -> the layer the host counts measured: MHA is GQA with one head per group
+ATTENTION_LAYER = {"gqa": "gqa", "mha": "gqa", "mla": "mla"}
 
 # Parts each graph scope replays, by layer kind (Megatron-Core 0.16.1, cuda_graph_impl
 # transformer_engine): attn the input norm, attention and its residual add; mlp a dense layer's
@@ -124,12 +134,13 @@ def cpu_names() -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def part_ops(stack: str) -> dict:
-    """(kind, phase) -> {part: ops Megatron-Core issues}, from the run with the dispatcher's
-    exchange (the most ops)."""
+def part_ops(stack: str, attention: str = "gqa", ep: int | None = None) -> dict:
+    """(kind, phase) -> {part: ops Megatron-Core issues} for layers with ``attention`` ("gqa" or
+    "mla"), from the run with ``ep`` ranks (default: the run with the dispatcher's exchange, the
+    most ops)."""
     with open(HOST_DIR / PARTS[stack], newline="") as f:
-        rows = list(csv.DictReader(f))
-    ep = max(int(r["ep"]) for r in rows)
+        rows = [r for r in csv.DictReader(f) if r["attention"] == attention]
+    ep = max(int(r["ep"]) for r in rows) if ep is None else ep
     out: dict = {}
     for r in rows:
         if int(r["ep"]) == ep:
@@ -139,6 +150,37 @@ def part_ops(stack: str) -> dict:
     return out
 
 
+@lru_cache(maxsize=None)
+def attention_share_ratio(stack: str, attention: str) -> dict:
+    """(kind, phase) -> the framework's host share per op of the attention part of a layer with
+    ``attention``, over the per-op share of the same layer with GQA, from the two timed side by side
+    in one process (median over runs and local-expert counts). The rest of the two layers is the
+    same code issuing the same ops, so all of the difference in their framework seconds is the
+    attention's; GQA's attention ops are taken at its layer's mean share (as the model takes
+    every op of a layer). The reference run's GQA share times this is the other attention's."""
+    if attention == "gqa":
+        return {(k, p): 1.0 for k in ("dense", "moe") for p in ("fwd", "bwd")}
+    with open(HOST_DIR / ATTENTION[stack], newline="") as f:
+        rows = list(csv.DictReader(f))
+    probe = {"fwd": "probe_mul_s", "bwd": "probe_bwd_kernel_s"}
+
+    def share(r):  # the framework's seconds per op, in bare CPU ops of the same run
+        return (float(r["host_s_per_op"]) - float(r[probe[r["phase"]]])) / float(r["probe_mul_s"])
+
+    runs: dict = {}
+    for r in rows:
+        runs.setdefault((r["layer"], r["phase"], r["local_experts"], r["run"]), {})[r["attention"]] = r
+    ratios: dict = {}
+    for (kind, phase, _, _), pair in runs.items():
+        gqa, other = pair["gqa"], pair[attention]
+        g_att = part_ops(stack, "gqa", ep=1)[(kind, phase)]["attention"]
+        o_att = part_ops(stack, attention, ep=1)[(kind, phase)]["attention"]
+        extra = int(other["ops"]) * share(other) - int(gqa["ops"]) * share(gqa)
+        ratios.setdefault((kind, phase), []).append((g_att * share(gqa) + extra)
+                                                    / (o_att * share(gqa)))
+    return {key: statistics.median(v) for key, v in ratios.items()}
+
+
 def op_part(name: str) -> str:
     """The part of the layer an op of simmoe's (name within its layer, e.g. ``moe.fc1.bwd``)
     stands for."""
@@ -146,10 +188,11 @@ def op_part(name: str) -> str:
 
 
 def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = (),
-               ep_overlap: bool = False) -> HostCosts:
+               ep_overlap: bool = False, attention: str = "gqa") -> HostCosts:
     """Per-layer host seconds of ``stack`` on ``cpu`` (names in simmoe/data/host/), with the
-    parts ``graph_scope`` (Megatron-Core's cuda_graph_scope names) replayed from CUDA graphs, and
-    with ``ep_overlap`` the EP all-to-all overlap's own host work per MoE layer."""
+    parts ``graph_scope`` (Megatron-Core's cuda_graph_scope names) replayed from CUDA graphs,
+    with ``ep_overlap`` the EP all-to-all overlap's own host work per MoE layer, for layers with
+    ``attention`` (simmoe's model.attention.type)."""
     if stack not in STACKS:
         raise InputError("unknown host stack", field="host.stack", value=stack,
                          allowed=", ".join(["none", *STACKS]))
@@ -170,24 +213,30 @@ def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = (),
     # measured (host_issue.py's mul_cpu), else the reference CPU's (assumption: same speed).
     cpu_op_s = factor * float(entry.get("cpu_mul_s")
                               or statistics.median(float(r["probe_mul_s"]) for r in timed))
-    layer_s, layer_ops = {}, {}
+    # The reference run times GQA layers. Another attention's layer issues its own ops (counted
+    # exactly): the rest of the layer as GQA's, its attention at GQA's framework share per op
+    # times the ratio timed side by side (attention_share_ratio).
+    layer = ATTENTION_LAYER.get(attention)
+    if layer is None:
+        raise InputError("no host counts for this attention", field="model.attention.type",
+                         value=attention, allowed=", ".join(ATTENTION_LAYER))
+    counts, gqa_counts = part_ops(stack, layer), part_ops(stack, "gqa")
+    ratio = attention_share_ratio(stack, layer)
+    part_s = {}
     for kind in ("dense", "moe"):
         for phase in ("fwd", "bwd"):
+            key = (kind, phase)
             gpu_op_s, probe_column = bare[phase]
-            mine = [r for r in rows if r["layer"] == kind and r["phase"] == phase]
-            ops = max(int(r["ops"]) for r in mine)  # counted with the dispatcher's exchange
+            ops = max(int(r["ops"]) for r in rows if (r["layer"], r["phase"]) == key)
+            if sum(gqa_counts[key].values()) != ops:  # counted with the dispatcher's exchange
+                raise ValueError(f"{PARTS[stack]} and {STACKS[stack]} count different ops for {key}")
             framework = statistics.median((float(r["host_s_per_op"]) - float(r[probe_column]))
                                           / float(r["probe_mul_s"])
-                                          for r in timed if r["layer"] == kind and r["phase"] == phase)
-            layer_s[(kind, phase)] = ops * (framework * cpu_op_s + gpu_op_s)
-            layer_ops[(kind, phase)] = ops
-    counts = part_ops(stack)
-    part_s = {}
-    for key, total in layer_s.items():
-        n = counts[key]
-        if sum(n.values()) != layer_ops[key]:
-            raise ValueError(f"{PARTS[stack]} and {STACKS[stack]} count different ops for {key}")
-        part_s[key] = {part: total * k / sum(n.values()) for part, k in n.items()}
+                                          for r in timed if (r["layer"], r["phase"]) == key)
+            part_s[key] = {part: n * ((ratio[key] if part == "attention" else 1.0) * framework
+                                      * cpu_op_s + gpu_op_s)
+                           for part, n in counts[key].items()}
+    layer_s = {key: sum(parts.values()) for key, parts in part_s.items()}
     for scope in graph_scope:
         if scope not in GRAPH_SCOPE_PARTS:
             raise InputError("unknown CUDA graph scope", field="host.cuda_graph_scope", value=scope,

@@ -245,7 +245,8 @@ class Simulation:
         host = scenario.host
         self.host_costs = (None if host.stack == "none"
                            else host_costs(host.stack, host.cpu, tuple(host.cuda_graph_scope),
-                                           ep_overlap=scenario.parallelism.ep_comm_overlap))
+                                           ep_overlap=scenario.parallelism.ep_comm_overlap,
+                                           attention=scenario.model.attention.type))
         self._moe_layer_set = frozenset(self._moe_layers())
         self._host_s: dict = {}  # (program key, id of host_costs) -> program_host_s
         self._a2a_rows: dict = {}  # (moe layer, combine, EP group) -> per micro-batch coflow rows
