@@ -21,6 +21,9 @@ kernels cost little next to the Python around them:
   rest), counted with a TorchDispatchMode;
 - ``host_s``: wall seconds of the layer's forward / backward on this CPU (median of repeats),
   and ``host_s_per_op`` = host_s / ops;
+- ``load_1m``: the machine's one-minute load average as the layer's timing starts (files before
+  2026-11-23 lack it): other work on the machine inflates the framework's share per op far more
+  than the bare probes below, so a reference run wants a quiet machine, and says so;
 - the bare-op probes of benchmarks/host_issue.py on this device, timed between the layer's
   repeats (the same load): ``probe_mul_s`` (``mul``, no autograd: one forward op) and
   ``probe_bwd_kernel_s`` (the backward of a chain of ``linear`` ops with autograd, per kernel: two
@@ -72,7 +75,7 @@ from pathlib import Path
 
 FIELDS = ("layer", "attention", "local_experts", "ep", "phase", "ops", "attention_ops", "router_ops",
           "experts_ops", "dispatcher_ops", "other_ops", "host_s", "host_s_per_op",
-          "probe_mul_s", "probe_bwd_kernel_s", "megatron_core", "torch", "device", "run")
+          "probe_mul_s", "probe_bwd_kernel_s", "load_1m", "megatron_core", "torch", "device", "run")
 
 PARTS_FIELDS = ("layer", "attention", "local_experts", "ep", "phase", "part", "ops", "megatron_core", "torch")
 
@@ -398,6 +401,9 @@ def _measure(rank: int, args, queue) -> None:
             with Count() as bwd:
                 loss.backward()
             times = {"fwd": [], "bwd": []}
+            # What else ran on the machine: load inflates the framework's share per op far more
+            # than the bare probes beside it (docs/validation.md, "How sure the host costs are").
+            load_1m = os.getloadavg()[0]
             a = torch.randn(256, dtype=torch.bfloat16, device=dev)
             pw = (torch.randn(8, 8, device=dev) / 8).requires_grad_(True)
             px = torch.randn(8, 8, device=dev)
@@ -442,6 +448,7 @@ def _measure(rank: int, args, queue) -> None:
                              "host_s_per_op": host / ops if args.ep == 1 else "",
                              "probe_mul_s": statistics.median(probe),
                              "probe_bwd_kernel_s": statistics.median(probe_bwd),
+                             "load_1m": round(load_1m, 2),
                              "megatron_core": megatron.core.__version__, "torch": torch.__version__,
                              "device": torch.cuda.get_device_name() if cuda else "cpu"})
     if rank == 0:
