@@ -21,9 +21,10 @@ kernels cost little next to the Python around them:
   rest), counted with a TorchDispatchMode;
 - ``host_s``: wall seconds of the layer's forward / backward on this CPU (median of repeats),
   and ``host_s_per_op`` = host_s / ops;
-- ``load_1m``: the machine's one-minute load average as the layer's timing starts (files before
-  2026-11-23 lack it): other work on the machine inflates the framework's share per op far more
-  than the bare probes below, so a reference run wants a quiet machine, and says so;
+- ``load_1m``: the machine's one-minute load average as the layer's timing starts (the files
+  committed before this column, all of simmoe/data/host/ so far, lack it): other work on the
+  machine inflates the framework's share per op far more than the bare probes below, so a
+  reference run wants a quiet machine, and says so;
 - the bare-op probes of benchmarks/host_issue.py on this device, timed between the layer's
   repeats (the same load): ``probe_mul_s`` (``mul``, no autograd: one forward op) and
   ``probe_bwd_kernel_s`` (the backward of a chain of ``linear`` ops with autograd, per kernel: two
@@ -442,8 +443,9 @@ def _measure(rank: int, args, queue) -> None:
                 ops = sum(c.ops.values())
                 host = statistics.median(times[phase])
                 rows.append({"layer": kind, "attention": attention, "local_experts": local,
-                             "ep": args.ep, "phase": phase, "ops": ops, **{f"{p}_ops": c.ops.get(p, 0) for p in
-                                            ("attention", "router", "experts", "dispatcher", "other")},
+                             "ep": args.ep, "phase": phase, "ops": ops,
+                             **{f"{p}_ops": c.ops.get(p, 0) for p in
+                                ("attention", "router", "experts", "dispatcher", "other")},
                              "host_s": host if args.ep == 1 else "",
                              "host_s_per_op": host / ops if args.ep == 1 else "",
                              "probe_mul_s": statistics.median(probe),
