@@ -170,11 +170,11 @@ def attention_share_ratio(stack: str, attention: str) -> dict:
     runs: dict = {}
     for r in rows:
         runs.setdefault((r["layer"], r["phase"], r["local_experts"], r["run"]), {})[r["attention"]] = r
+    gqa_ops, other_ops = part_ops(stack, "gqa", ep=1), part_ops(stack, attention, ep=1)
     ratios: dict = {}
     for (kind, phase, _, _), pair in runs.items():
         gqa, other = pair["gqa"], pair[attention]
-        g_att = part_ops(stack, "gqa", ep=1)[(kind, phase)]["attention"]
-        o_att = part_ops(stack, attention, ep=1)[(kind, phase)]["attention"]
+        g_att, o_att = gqa_ops[(kind, phase)]["attention"], other_ops[(kind, phase)]["attention"]
         extra = int(other["ops"]) * share(other) - int(gqa["ops"]) * share(gqa)
         ratios.setdefault((kind, phase), []).append((g_att * share(gqa) + extra)
                                                     / (o_att * share(gqa)))
