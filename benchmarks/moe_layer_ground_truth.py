@@ -179,7 +179,7 @@ def op_seconds(model: ComputeModel, op: Op, tokens_per_expert: np.ndarray) -> fl
         t = gemm_backward_s(model, op.m, op.n, op.k, dtype).total_s if bwd else model.gemm_s(op.m, op.n, op.k, dtype)
         return float(t) * op.count
     if isinstance(op, MemoryOp):
-        return float(model.memory_bound_s(op.bytes_moved)) if op.bytes_moved > 0 else 0.0
+        return float(model.memory_bound_s(op.bytes_moved, 1, op.access)) if op.bytes_moved > 0 else 0.0
     if isinstance(op, ExpertGemmOp) and not op.shared:
         if bwd:
             return float(grouped_gemm_backward_s(model, tokens_per_expert, op.n, op.k, dtype).total_s)

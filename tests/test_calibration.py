@@ -265,6 +265,15 @@ def test_a_profile_times_a_slow_kernel_class_as_its_copy_times_the_roofline_slow
             ratio * roof_model.memory_bound_s(size, 1), rel=1e-12)
 
 
+def test_a_profile_times_a_gather_as_its_measured_copy_times_the_gather_slowdown(roof_model):
+    # A row gather is a copy with index loads: the copy's table alone (not the pooled norms).
+    ratio = roof_model.roofline.params.gather_slowdown
+    assert ratio > 1
+    for size in (1e6, 1e8, 1e10):
+        assert roof_model.memory_bound_s(size, 1, "gather") == pytest.approx(
+            ratio * roof_model.memory_op_s("copy", size, 1), rel=1e-12)
+
+
 # -- interpolation accuracy against known functions --------------------------------------------------
 
 HELD_OUT = ({"m": (256, 2048)}, {"k": (2048,)})  # grid values removed from the profile, one axis at a time

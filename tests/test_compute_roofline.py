@@ -278,10 +278,11 @@ def test_memory_bound_time_is_bytes_over_achievable_hbm_bandwidth():
     assert H100.memory_bound_s(np.array([0, 1e6, 1e9]), kernels=0).shape == (3,)
 
 
-@pytest.mark.parametrize("access, rate_TBps", [("last_dim_cat", 0.91), ("strided", 1.23)])
+@pytest.mark.parametrize("access, rate_TBps", [("last_dim_cat", 0.91), ("strided", 1.23), ("gather", 2.83)])
 def test_slow_kernel_classes_are_the_measured_slowdown_of_a_copy(access, rate_TBps):
     # roofline.yaml: 3.0 TB/s streaming over the median rate of the measured kernels of the class.
-    slow = {"last_dim_cat": H100.params.last_dim_cat_slowdown, "strided": H100.params.strided_slowdown}[access]
+    slow = {"last_dim_cat": H100.params.last_dim_cat_slowdown, "strided": H100.params.strided_slowdown,
+            "gather": H100.params.gather_slowdown}[access]
     assert slow == pytest.approx(3.0 / rate_TBps, rel=0.01)
     assert H100.memory_bound_s(1e9, 0, access) == pytest.approx(slow * 1e9 / 3.0e12, rel=1e-12)
     assert H100.memory_bound_s(1e9, 1, access) == pytest.approx(slow * 1e9 / 3.0e12 + OVERHEAD_S)
@@ -289,8 +290,8 @@ def test_slow_kernel_classes_are_the_measured_slowdown_of_a_copy(access, rate_TB
 
 
 def test_an_unknown_kernel_class_names_the_allowed_ones():
-    with pytest.raises(InputError, match="last_dim_cat, strided"):
-        H100.memory_bound_s(1e9, 1, "gather")
+    with pytest.raises(InputError, match="last_dim_cat, strided, gather"):
+        H100.memory_bound_s(1e9, 1, "scatter")
 
 
 # -- interface, provenance, errors ----------------------------------------------------------------

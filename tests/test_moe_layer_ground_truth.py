@@ -54,12 +54,12 @@ def test_balanced_prediction_is_the_sum_of_the_hand_listed_ops(gt):
     mem, bf16, fp32 = m.memory_bound_s, 2, 4
     fwd = (m.gemm_s(T, E, d, "bf16")                                  # router
            + mem(T * E * fp32 * 2)                                    # softmax + top-k
-           + mem(T * d * bf16 + T * k * d * bf16)                     # permute
+           + mem(2 * T * k * d * bf16, 1, "gather")                   # permute: a read per row
            + m.grouped_gemm_s(hist, 2 * f, d, "bf16")                 # fc1 (gate + up)
            + mem(T * k * f * bf16 * 3)                                # SwiGLU
            + m.grouped_gemm_s(hist, d, f, "bf16")                     # fc2
            + mem(T * k * d * bf16 + T * d * bf16))                    # unpermute
-    bwd = (mem(T * k * d * bf16 + T * d * bf16)                       # unpermute
+    bwd = (mem(2 * T * k * d * bf16, 1, "gather")                     # unpermute: the same gather
            + grouped_gemm_backward_s(m, hist, d, f, "bf16").total_s   # fc2 dgrad + wgrad
            + mem(T * k * f * bf16 * 5)                                # SwiGLU
            + grouped_gemm_backward_s(m, hist, 2 * f, d, "bf16").total_s

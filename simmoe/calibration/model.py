@@ -297,8 +297,11 @@ class ProfileModel:
         speed is set by L2 reuse and atomics (schema.STREAMING_MEMORY_OPS; copy is required).
         ``access`` other than "stream" (a last-dimension cat, a strided element-wise op): the
         streaming time times the roofline's measured slowdown of that class (profiles time
-        neither)."""
-        streaming = {op: t for op, t in self._memory.items() if op in STREAMING_MEMORY_OPS}
+        neither). A row gather ("gather", its bytes counted per output row) is a copy with index
+        loads: the measured copy alone, times the gather's slowdown over a copy (the profile's
+        norms stream more slowly than a copy and do not stand for it)."""
+        ops = ("copy",) if access == "gather" else STREAMING_MEMORY_OPS
+        streaming = {op: t for op, t in self._memory.items() if op in ops}
         seconds = self._memory_s(streaming, bytes_moved, kernels)
         slow = access_slowdown(self.roofline.params, access)
         return seconds if slow == 1.0 else _as_output(np.asarray(seconds) * slow)

@@ -59,6 +59,7 @@ class RooflineParams:
     hbm_measured_TBps: float
     last_dim_cat_slowdown: float  # a last-dimension torch.cat against a streaming copy (hbm)
     strided_slowdown: float  # an element-wise op over a last-dimension slice, against a copy (hbm)
+    gather_slowdown: float  # a row gather (MoE permute), its bytes counted per output row (hbm)
     tile_shapes: tuple[tuple[int, int], ...]
     tile_k: dict[str, int]
     tile_fixed_k: dict[str, float]  # per-tile fixed cost (prologue, epilogue), in main-loop K elements
@@ -112,7 +113,7 @@ def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_
     return value
 
 
-MEMORY_ACCESS = ("stream", "last_dim_cat", "strided")  # kernel classes of memory-bound ops (workload.ops.MemoryOp)
+MEMORY_ACCESS = ("stream", "last_dim_cat", "strided", "gather")  # kernel classes of memory-bound ops (workload.ops.MemoryOp)
 
 
 def access_slowdown(params: RooflineParams, access: str) -> float:
@@ -123,6 +124,8 @@ def access_slowdown(params: RooflineParams, access: str) -> float:
         return params.last_dim_cat_slowdown
     if access == "strided":
         return params.strided_slowdown
+    if access == "gather":
+        return params.gather_slowdown
     raise InputError("unknown memory access class", field="access", value=access,
                      allowed=", ".join(MEMORY_ACCESS))
 
@@ -295,6 +298,7 @@ def _parse(text: str, file: str) -> RooflineParams:
         hbm_measured_TBps=float(_positive(tree, "hbm.measured_TBps", file)),
         last_dim_cat_slowdown=_at_least_one(tree, "hbm.last_dim_cat_slowdown.value", file),
         strided_slowdown=_at_least_one(tree, "hbm.strided_slowdown.value", file),
+        gather_slowdown=_at_least_one(tree, "hbm.gather_slowdown.value", file),
         tile_shapes=tuple((int(r), int(c)) for r, c in shapes),
         tile_k={dtype: _positive(tree, f"gemm.tile_k.{dtype}", file, integer=True) for dtype in DTYPES},
         tile_fixed_k=_tile_fixed_k(tree, file),

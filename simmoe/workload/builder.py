@@ -538,7 +538,9 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
     q.mem(f"{P}.ln2", c.Tsp * d * BF16 * 2, role="norm")
     q.gemm(f"{P}.moe.router", Tm, c.E, d, c.router_dtype)
     q.mem(f"{P}.moe.topk", Tm * c.E * FP32 * 2)
-    permute = q.mem(f"{P}.moe.permute", Tm * d * BF16 + Tm * k * d * BF16)
+    # The permute gathers each token's row into its k expert rows: every output row reads its
+    # token's row, from HBM when the source exceeds L2 (roofline.yaml hbm.gather_slowdown).
+    permute = q.mem(f"{P}.moe.permute", 2 * Tm * k * d * BF16, access="gather")
     fp8_tokens = c.ep > 1 and c.s.routing.dispatch_dtype == "fp8"
     if fp8_tokens:  # tokens are quantized once, then dispatched and fed to fc1 in FP8
         permute = q.mem(f"{P}.moe.quant", Tm * d * c.quant.fwd)
@@ -580,7 +582,7 @@ def _moe_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     fe = c.fe // c.etp
     mean_rows = Tm * k * c.etp
     start = q.mem(f"{P}.moe.residual_bwd", 3 * c.Tsp * d * BF16)
-    q.mem(f"{P}.moe.unpermute_bwd", Tm * k * d * BF16 + Tm * d * BF16)
+    q.mem(f"{P}.moe.unpermute_bwd", 2 * Tm * k * d * BF16, access="gather")  # the permute's gather
     if c.ep > 1:  # gradients of the combine travel along the dispatch pattern
         q.coll(f"{P}.moe.combine_bwd", "ep", "alltoall_dispatch", bytes_per_token=c.combine_bytes_per_token)
     shared_last = None
