@@ -204,6 +204,19 @@ def _stub_megatron(torch, cuda: bool):
             width = g.shape[-1] - emb  # qk_dim + v_dim
             return g[..., :width], g[:, :, :1, :emb], None, None, None, None, None
 
+    # Transformer Engine's fused RoPE for the other attentions: one kernel each way per tensor.
+    import megatron.core.models.common.embeddings.rope_utils as rope_utils
+
+    class Rope(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.0
+
+    rope_utils.fused_apply_rotary_pos_emb = lambda t, freqs, interleaved=False: Rope.apply(t)
     mla.fused_apply_mla_rope_for_q = lambda q, cos, sin, qk, emb, *a: RopeQ.apply(
         q, cos, sin, qk, emb)
     mla.fused_apply_mla_rope_for_kv = lambda kv, kp, cos, sin, emb, qk, v, *a: RopeKV.apply(
@@ -229,8 +242,11 @@ def _layer(torch, kind: str, local_experts: int, ep: int, attention: str = "gqa"
                           moe_grouped_gemm=True, moe_use_legacy_grouped_gemm=True,
                           moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3)
                      if moe else {}))
-    if attention == "gqa":  # Qwen3's: grouped queries with QK norm
-        cfg = TransformerConfig(**common, num_query_groups=2)
+    if attention in ("gqa", "gqa_rope"):  # Qwen3's: grouped queries with QK norm
+        # gqa_rope: with the RoPE the model passes in, through TE's fused kernel as
+        # Megatron-LM and Megatron-Bridge turn it on (apply_rope_fusion)
+        cfg = TransformerConfig(**common, num_query_groups=2,
+                                apply_rope_fusion=attention == "gqa_rope")
     else:  # DeepSeek-V3's multi-latent attention (down/up projections, latent norms, YaRN RoPE)
         cfg = MLATransformerConfig(**common, q_lora_rank=32, kv_lora_rank=16, qk_head_dim=16,
                                    qk_pos_emb_head_dim=8, v_head_dim=16, rope_type="yarn",
@@ -383,8 +399,12 @@ def _measure(rank: int, args, queue) -> None:
 
             x = torch.randn(32, 1, 64, dtype=torch.bfloat16, device=dev, requires_grad=True)
 
+            # The model computes the rotary embedding once per step and passes it to every layer.
+            rope = (torch.randn(x.shape[0], 1, 1, 16, device=dev) if attention == "gqa_rope"
+                    else None)
+
             def forward():
-                out = layer(x, attention_mask=None)
+                out = layer(x, attention_mask=None, rotary_pos_emb=rope)
                 return out[0] if isinstance(out, tuple) else out
 
             for _ in range(3):
@@ -490,8 +510,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="CSV file (default: print only)")
     ap.add_argument("--layers", nargs="+", default=["dense", "moe"], choices=["dense", "moe"])
-    ap.add_argument("--attention", nargs="+", default=["gqa", "mla"], choices=["gqa", "mla"],
-                    help="gqa: Qwen3's grouped-query attention; mla: DeepSeek-V3's multi-latent")
+    ap.add_argument("--attention", nargs="+", default=["gqa", "gqa_rope", "mla"],
+                    choices=["gqa", "gqa_rope", "mla"],
+                    help="gqa: Qwen3's grouped-query attention (no RoPE passed: the reference "
+                         "run); gqa_rope: with the model's RoPE; mla: DeepSeek-V3's multi-latent")
     ap.add_argument("--local-experts", nargs="+", type=int, default=[4, 16])
     ap.add_argument("--ep", type=int, nargs="+", default=[1, 2],
                     help="expert-parallel sizes (processes over gloo); timing only from ep 1")

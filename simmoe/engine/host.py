@@ -33,10 +33,11 @@ benchmark, forward and backward), and each part's seconds are spread evenly over
 that part (simmoe's ~25-40 fused ops stand for the ~100-140 the framework issues). A recompute
 re-issues only what it recomputes: each recomputed op costs its forward op's share.
 
-The reference run times GQA layers (MHA models take them). A model with multi-latent attention
-issues the MLA layer's own ops, counted the same way: the rest of the layer costs what GQA's does
-(the same code), its attention part GQA's framework share per op times the ratio of the two layers
-timed side by side in one process (``--attention gqa mla``; attention_share_ratio).
+The reference run times GQA layers called without RoPE. A model's layers issue their own ops,
+counted the same way: GQA with the RoPE the model passes in (MHA models too), or multi-latent
+attention. The rest of the layer costs what the reference's does (the same code); its attention
+part the reference's framework share per op times the ratio of the two layers timed side by side
+in one process (``--attention gqa gqa_rope mla``; attention_share_ratio).
 
 Megatron's EP all-to-all overlap (``parallelism.ep_comm_overlap``) runs each layer as schedule-plan
 nodes, one autograd call, event and stream switch per node: its own host work per MoE layer and
@@ -72,11 +73,16 @@ PARTS = {"megatron_core": "megatron-core-0.16.1-parts.csv"}  # ops per part of a
 # Host time Megatron's EP all-to-all overlap adds per MoE layer and micro-batch pair
 # (benchmarks/megatron_overlap_host.py)
 OVERLAP = {"megatron_core": "megatron-core-0.16.1-overlap.csv"}
-# The same layers with grouped-query and with multi-latent attention, timed side by side
-# (benchmarks/megatron_host_calls.py --attention gqa mla): the ratio of their framework share per op
+# The reference GQA layer and the MLA layer timed side by side (benchmarks/megatron_host_calls.py
+# --attention gqa mla): the ratio of MLA's attention's framework share per op to the reference's
 ATTENTION = {"megatron_core": "megatron-core-0.16.1-attention.csv"}
-# simmoe's attention types -> the layer the host counts measured: MHA is GQA with one head per group
-ATTENTION_LAYER = {"gqa": "gqa", "mha": "gqa", "mla": "mla"}
+# Layers costed at the reference's share per op, their own op counts only: GQA with the model's RoPE
+# adds two fused RoPE calls to the reference's attention, below what a side-by-side run resolves
+# (one run gave its attention 0.91-1.03x the reference's share, the layers' other ops the same)
+COUNTS_ONLY = frozenset({"gqa", "gqa_rope"})
+# simmoe's attention types -> the layer measured for them: GQA with the RoPE the model passes in
+# (the reference run called it without), which MHA models take too; MLA, its RoPE inside the layer
+ATTENTION_LAYER = {"gqa": "gqa_rope", "mha": "gqa_rope", "mla": "mla"}
 
 # Parts each graph scope replays, by layer kind (Megatron-Core 0.16.1, cuda_graph_impl
 # transformer_engine): attn the input norm, attention and its residual add; mlp a dense layer's
@@ -158,7 +164,7 @@ def attention_share_ratio(stack: str, attention: str) -> dict:
     same code issuing the same ops, so all of the difference in their framework seconds is the
     attention's; GQA's attention ops are taken at its layer's mean share (as the model takes
     every op of a layer). The reference run's GQA share times this is the other attention's."""
-    if attention == "gqa":
+    if attention in COUNTS_ONLY:
         return {(k, p): 1.0 for k in ("dense", "moe") for p in ("fwd", "bwd")}
     with open(HOST_DIR / ATTENTION[stack], newline="") as f:
         rows = list(csv.DictReader(f))
