@@ -141,8 +141,8 @@ def cpu_names() -> list[str]:
 
 @lru_cache(maxsize=None)
 def part_ops(stack: str, attention: str = "gqa", ep: int | None = None) -> dict:
-    """(kind, phase) -> {part: ops Megatron-Core issues} for layers with ``attention`` ("gqa" or
-    "mla"), from the run with ``ep`` ranks (default: the run with the dispatcher's exchange, the
+    """(kind, phase) -> {part: ops Megatron-Core issues} for the measured layer ``attention``
+    ("gqa", the reference; "gqa_rope"; "mla"), from the run with ``ep`` ranks (default: the run with the dispatcher's exchange, the
     most ops)."""
     with open(HOST_DIR / PARTS[stack], newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["attention"] == attention]
@@ -219,9 +219,9 @@ def host_costs(stack: str, cpu: str, graph_scope: tuple[str, ...] = (),
     # measured (host_issue.py's mul_cpu), else the reference CPU's (assumption: same speed).
     cpu_op_s = factor * float(entry.get("cpu_mul_s")
                               or statistics.median(float(r["probe_mul_s"]) for r in timed))
-    # The reference run times GQA layers. Another attention's layer issues its own ops (counted
-    # exactly): the rest of the layer as GQA's, its attention at GQA's framework share per op
-    # times the ratio timed side by side (attention_share_ratio).
+    # The reference run times GQA layers without RoPE. The model's layer issues its own ops
+    # (counted exactly): the rest of the layer as the reference's, its attention at the
+    # reference's framework share per op times the ratio timed side by side (attention_share_ratio).
     layer = ATTENTION_LAYER.get(attention)
     if layer is None:
         raise InputError("no host counts for this attention", field="model.attention.type",
