@@ -72,7 +72,8 @@ class MemoryOp(OpBase):
     bytes_moved: float = 0.0
     # Kernel class (simmoe.compute.params.MEMORY_ACCESS): "stream" for coalesced reads and writes,
     # "last_dim_cat" for torch.cat along the last dimension of non-contiguous inputs, "strided"
-    # for an element-wise op over a slice of the last dimension (eager stacks).
+    # for an element-wise op over a slice of the last dimension (eager stacks), "gather" for a row
+    # gather whose bytes count a read per output row (the MoE permute).
     access: str = "stream"
 
 
