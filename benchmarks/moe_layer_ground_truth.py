@@ -160,7 +160,8 @@ def moe_scenario(case: Case) -> Scenario:
                    moe=dict(routed_experts=case.experts, top_k=case.top_k, expert_ffn=case.expert_ffn,
                             router_dtype="bf16")),
         training=dict(seq_len=case.tokens, global_batch=1, micro_batch=1, total_tokens=1e9),
-        parallelism=dict(dp=1), cluster=dict(topology="none")))
+        parallelism=dict(dp=1), cluster=dict(topology="none"),
+        routing=dict(probs_applied_at="combine")))  # the layer below weights in its unpermute
 
 
 def layer_ops(case: Case) -> tuple[list[Op], list[Op]]:

@@ -266,12 +266,15 @@ def test_a_profile_times_a_slow_kernel_class_as_its_copy_times_the_roofline_slow
 
 
 def test_a_profile_times_a_gather_as_its_measured_copy_times_the_gather_slowdown(roof_model):
-    # A row gather is a copy with index loads: the copy's table alone (not the pooled norms).
+    # A row gather is a copy with index loads: the copy's table alone (not the pooled norms); a sum
+    # of gathered rows (the unpermute) runs at the copy's rate.
     ratio = roof_model.roofline.params.gather_slowdown
     assert ratio > 1
     for size in (1e6, 1e8, 1e10):
         assert roof_model.memory_bound_s(size, 1, "gather") == pytest.approx(
             ratio * roof_model.memory_op_s("copy", size, 1), rel=1e-12)
+        assert roof_model.memory_bound_s(size, 1, "gather_sum") == pytest.approx(
+            roof_model.memory_op_s("copy", size, 1), rel=1e-12)
 
 
 # -- interpolation accuracy against known functions --------------------------------------------------

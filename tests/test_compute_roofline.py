@@ -289,6 +289,11 @@ def test_slow_kernel_classes_are_the_measured_slowdown_of_a_copy(access, rate_TB
     assert H100.with_sms_held(16).memory_bound_s(1e9, 1, access) == H100.memory_bound_s(1e9, 1, access)
 
 
+def test_a_sum_of_gathered_rows_is_timed_as_a_copy():
+    # measured: the unpermute's kernels at the copy rate (tests/test_gpu_measurements.py)
+    assert H100.memory_bound_s(1e9, 1, "gather_sum") == H100.memory_bound_s(1e9, 1, "stream")
+
+
 def test_an_unknown_kernel_class_names_the_allowed_ones():
     with pytest.raises(InputError, match="last_dim_cat, strided, gather"):
         H100.memory_bound_s(1e9, 1, "scatter")

@@ -73,13 +73,14 @@ def test_the_measured_file_holds_every_backend_and_what_each_rejected():
 def test_moe_layer_ground_truth_replays_within_the_reported_error(load_benchmark, gpu_file, profile):
     # A real BF16 MoE layer (router .. grouped SwiGLU experts .. unpermute, forward + backward), 20
     # cases, against simmoe with the shipped profile measured on the same GPU: the notes report
-    # median |error| 3.7% (H100) / 3.9% (H200), worst 9.5% / 9.4% (docs/calibration.md).
+    # median |error| 4.2% (H100) / 4.3% (H200), worst 10.1% / 10.6% (docs/calibration.md): every
+    # memory-bound op now at its traced kernel's time; what is left is the grouped GEMMs.
     gt = load_benchmark("moe_layer_ground_truth")
     rows = gt.replay(str(MEASURED / gpu_file), gt.read_rows(str(MEASURED / gpu_file))[0]["gpu"], profile)
     errors = [abs(r["error_pct"]) for r in rows]
     assert len(errors) == 20
-    assert statistics.median(errors) < 4.0
-    assert max(errors) < 10.0
+    assert statistics.median(errors) < 5.0
+    assert max(errors) < 11.0
 
 
 def test_roofline_attention_parameters_are_the_fit_of_the_measured_files(load_benchmark):
@@ -208,6 +209,51 @@ def test_gather_slowdown_is_the_median_of_the_traced_permute_gathers():
     assert statistics.median(per_row) == pytest.approx(model.params.gather_slowdown, abs=0.01)
     assert max(per_row) / min(per_row) < 1.1  # one rate over top-2 and top-8
     assert max(per_token) / min(per_token) > 1.3  # counted per token, the rate falls with top-k
+
+
+def _fused_layer_kernels(pattern: str):
+    """(case row, traced kernel) for the one kernel of each of the 20 fused MoE-layer cases whose
+    name holds ``pattern``."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    kernels = pq.read_table(MEASURED / "h100-kernels-fused.parquet").to_pylist()
+    with open(MEASURED / "h100-fused-preheat.csv", newline="") as handle:
+        cases = list(csv.DictReader(handle))
+    out = []
+    for case in cases:
+        hits = [r for r in kernels if r["case"] == case["case"] and pattern in r["kernel"]]
+        assert len(hits) == 1, (case["case"], pattern)
+        out.append((case, hits[0]))
+    assert len(out) == 20
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["add_index_select_mul_select_slice",  # the weighted unpermute
+                                     "add_index_select_select_view"])  # the permute's backward
+def test_sums_of_gathered_rows_run_at_the_copy_rate(pattern):
+    """The unpermute and the permute's backward read each token's k expert rows by index and write
+    the token's row: counted (rows + tokens) x hidden they run at the copy rate, class gather_sum."""
+    model = RooflineModel("H100-SXM", clocks="burst")
+    ratios = []
+    for case, kernel in _fused_layer_kernels(pattern):
+        tokens, hidden, k = int(case["tokens"]), int(case["hidden"]), int(case["top_k"])
+        nbytes = (tokens * k + tokens) * hidden * 2
+        ratios.append(kernel["duration_us"] * 1e-6 / model.memory_bound_s(nbytes, 0, "gather_sum"))
+    assert statistics.median(ratios) == pytest.approx(1.0, abs=0.03)
+    assert 0.9 < min(ratios) and max(ratios) < 1.1  # 2.85-3.13 TB/s
+
+
+def test_the_routing_weights_gradient_runs_near_the_gather_rate():
+    """The weights' gradient when they apply at the combine (the ground-truth layer's row_dots):
+    each expert row's output gathered and dotted with its token's output gradient, counted
+    (rows + tokens) x hidden: 2.25-2.89 TB/s, median 2.67, against the gather class's 2.83."""
+    model = RooflineModel("H100-SXM", clocks="burst")
+    ratios = []
+    for case, kernel in _fused_layer_kernels("triton_red_fused__to_copy_index_select_mul_sum"):
+        tokens, hidden, k = int(case["tokens"]), int(case["hidden"]), int(case["top_k"])
+        nbytes = (tokens * k + tokens) * hidden * 2
+        ratios.append(kernel["duration_us"] * 1e-6 / model.memory_bound_s(nbytes, 0, "gather"))
+    assert statistics.median(ratios) == pytest.approx(1.06, abs=0.04)
+    assert 0.95 < min(ratios) and max(ratios) < 1.3  # hidden 4096 runs slower than 7168
 
 
 def test_eager_rope_kernels_run_at_their_classes_measured_rates():

@@ -58,17 +58,18 @@ def test_balanced_prediction_is_the_sum_of_the_hand_listed_ops(gt):
            + m.grouped_gemm_s(hist, 2 * f, d, "bf16")                 # fc1 (gate + up)
            + mem(T * k * f * bf16 * 3)                                # SwiGLU
            + m.grouped_gemm_s(hist, d, f, "bf16")                     # fc2
-           + mem(T * k * d * bf16 + T * d * bf16))                    # unpermute
+           + mem(T * k * d * bf16 + T * d * bf16, 1, "gather_sum"))   # unpermute: k rows summed per token
     bwd = (mem(2 * T * k * d * bf16, 1, "gather")                     # unpermute: the same gather
+           + mem((T * k + T) * d * bf16, 1, "gather")                 # routing weights' gradient (weighted at the combine)
            + grouped_gemm_backward_s(m, hist, d, f, "bf16").total_s   # fc2 dgrad + wgrad
            + mem(T * k * f * bf16 * 5)                                # SwiGLU
            + grouped_gemm_backward_s(m, hist, 2 * f, d, "bf16").total_s
-           + mem(T * k * d * bf16 + T * d * bf16)                     # permute
+           + mem(T * k * d * bf16 + T * d * bf16, 1, "gather_sum")    # permute
            + mem(T * E * fp32 * 3)                                    # top-k
            + gemm_backward_s(m, T, E, d, "bf16").total_s              # router
            + mem(3 * T * d * bf16))                                   # router + permute input gradients summed
     pred = gt.predict(case, hist, m)
-    assert len(pred["per_op"]) == 15
+    assert len(pred["per_op"]) == 16
     assert pred["fwd_s"] == pytest.approx(fwd, rel=1e-12)
     assert pred["total_s"] == pytest.approx(fwd + bwd, rel=1e-12)
     # a skewed draw of the same tokens is timed with its own histogram

@@ -106,6 +106,27 @@ def test_dispatch_and_combine_bytes_and_backward_direction():
     assert by_name(bf16.forward)["L1.moe.dispatch"].bytes_per_token == 64 * 2
 
 
+def test_routing_weights_applied_at_the_combine_add_their_gradient_gather():
+    """Weighted in the activation (the default: Megatron-Core's grouped experts, NeMo Automodel) the
+    probabilities' gradient comes out of the activation's backward; weighted at the combine it is an
+    op of its own: each expert row's output gathered and dotted with its token's output gradient,
+    (rows + tokens) x hidden BF16, before the combine's gradients leave the rank."""
+    T, k, d = 2 * 32, 2, 64  # tokens per micro-batch (micro-batch 2 x sequence 32), top-2, hidden
+    default = build_stage_program(scenario(par=dict(ep=4, dp=4)), 0)
+    assert not any(op.name.endswith("probs_bwd") for op in default.backward)
+    combine = build_stage_program(scenario(par=dict(ep=4, dp=4), routing=dict(probs_applied_at="combine")), 0)
+    b = by_name(combine.backward)
+    op = b["L1.moe.probs_bwd"]
+    assert isinstance(op, MemoryOp) and op.access == "gather"
+    assert op.bytes_moved == (T * k + T) * d * 2
+    names = [o.name for o in combine.backward]
+    assert names.index("L1.moe.unpermute_bwd") < names.index("L1.moe.probs_bwd") < names.index("L1.moe.combine_bwd")
+    assert len(combine.backward) == len(default.backward) + 3  # one per MoE layer (L1-L3)
+    # the unpermute and the permute's backward are sums of gathered rows, at the copy rate
+    assert by_name(default.forward)["L1.moe.unpermute"].access == "gather_sum"
+    assert by_name(default.backward)["L1.moe.permute_bwd"].access == "gather_sum"
+
+
 def test_shared_expert_overlaps_dispatch():
     f = by_name(build_stage_program(scenario(par=dict(ep=4, dp=4)), 0).forward)
     assert f["L1.shared.fc1"].after == ("L1.moe.permute",)

@@ -298,9 +298,10 @@ class ProfileModel:
         ``access`` other than "stream" (a last-dimension cat, a strided element-wise op): the
         streaming time times the roofline's measured slowdown of that class (profiles time
         neither). A row gather ("gather", its bytes counted per output row) is a copy with index
-        loads: the measured copy alone, times the gather's slowdown over a copy (the profile's
-        norms stream more slowly than a copy and do not stand for it)."""
-        ops = ("copy",) if access == "gather" else STREAMING_MEMORY_OPS
+        loads: the measured copy alone, times the gather's slowdown over a copy; a sum of gathered
+        rows ("gather_sum"), the measured copy alone (the profile's norms stream more slowly than a
+        copy and do not stand for either)."""
+        ops = ("copy",) if access in ("gather", "gather_sum") else STREAMING_MEMORY_OPS
         streaming = {op: t for op, t in self._memory.items() if op in ops}
         seconds = self._memory_s(streaming, bytes_moved, kernels)
         slow = access_slowdown(self.roofline.params, access)

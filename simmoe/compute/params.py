@@ -113,12 +113,13 @@ def _positive(tree: dict, path: str, file: str, *, integer: bool = False, allow_
     return value
 
 
-MEMORY_ACCESS = ("stream", "last_dim_cat", "strided", "gather")  # kernel classes of memory-bound ops (workload.ops.MemoryOp)
+# Kernel classes of memory-bound ops (workload.ops.MemoryOp); docs/compute.md "Memory-bound kernels".
+MEMORY_ACCESS = ("stream", "last_dim_cat", "strided", "gather", "gather_sum")
 
 
 def access_slowdown(params: RooflineParams, access: str) -> float:
     """Time of a memory-bound kernel of class ``access`` over a streaming copy of the same bytes."""
-    if access == "stream":
+    if access in ("stream", "gather_sum"):  # a gather_sum runs at the copy rate (measured)
         return 1.0
     if access == "last_dim_cat":
         return params.last_dim_cat_slowdown

@@ -294,6 +294,13 @@ class Routing(_Section):
     expert_placement: Literal["contiguous", "round_robin", "topology_aware"] = "contiguous"
     hierarchical_a2a: bool = False
     dispatch_dtype: Literal["fp8", "bf16"] = "bf16"
+    # Where each token's routing probability scales its expert's output. activation: inside the
+    # expert's activation kernel, whose backward yields the probability's gradient from what it
+    # reads anyway (Megatron-Core 0.16's grouped experts: weighted_bias_swiglu_impl; NeMo
+    # Automodel's weighted SwiGLU). combine: in the unpermute (GShard, DeepSpeed-MoE, DeepSeek-V3's
+    # reference model code); the backward then gathers every expert row's output again to dot it
+    # with its token's output gradient (moe.probs_bwd).
+    probs_applied_at: Literal["activation", "combine"] = "activation"
     # The library that moves the EP all-to-all; it sets the share of NVLink line rate reached
     # (simmoe.network.params.engine_link_efficiency). null: DeepEP when hierarchical, else NCCL.
     a2a_engine: Literal["nccl", "deepep", "hybridep"] | None = None

@@ -569,7 +569,8 @@ def _moe_fwd(c: _Ctx, q: _Seq, P: str) -> None:
         q.coll(f"{P}.moe.etp_rs", "expert_tp", "reduce_scatter", size_bytes=mean_rows * d * BF16)
     if c.ep > 1:
         q.coll(f"{P}.moe.combine", "ep", "alltoall_combine", bytes_per_token=c.combine_bytes_per_token)
-    q.mem(f"{P}.moe.unpermute", Tm * k * d * BF16 + Tm * d * BF16)
+    # Each token's k expert rows gathered and summed (weighted, if the probabilities apply here).
+    q.mem(f"{P}.moe.unpermute", Tm * k * d * BF16 + Tm * d * BF16, access="gather_sum")
     if c.tp > 1 and not c.sp:
         q.coll(f"{P}.moe.tp_ag", "tp", "all_gather", size_bytes=T * d * BF16)
     if shared_last is not None:  # routed + shared: its own add (Megatron's MoELayer, Automodel) before the residual
@@ -583,6 +584,10 @@ def _moe_bwd(c: _Ctx, q: _Seq, P: str) -> None:
     mean_rows = Tm * k * c.etp
     start = q.mem(f"{P}.moe.residual_bwd", 3 * c.Tsp * d * BF16)
     q.mem(f"{P}.moe.unpermute_bwd", 2 * Tm * k * d * BF16, access="gather")  # the permute's gather
+    if c.s.routing.probs_applied_at == "combine":
+        # The probabilities' gradient: each expert row's output dotted with its token's output
+        # gradient, a gather of the rows (a token's gradient row read once for its k rows).
+        q.mem(f"{P}.moe.probs_bwd", (Tm * k + Tm) * d * BF16, access="gather")
     if c.ep > 1:  # gradients of the combine travel along the dispatch pattern
         q.coll(f"{P}.moe.combine_bwd", "ep", "alltoall_dispatch", bytes_per_token=c.combine_bytes_per_token)
     shared_last = None
@@ -608,7 +613,7 @@ def _moe_bwd(c: _Ctx, q: _Seq, P: str) -> None:
         q.coll(f"{P}.moe.etp_ag_bwd", "expert_tp", "reduce_scatter", size_bytes=mean_rows * d * BF16)
     if c.ep > 1:  # gradients of the dispatch travel along the combine pattern
         q.coll(f"{P}.moe.dispatch_bwd", "ep", "alltoall_combine", bytes_per_token=c.combine_bytes_per_token)
-    q.mem(f"{P}.moe.permute_bwd", Tm * k * d * BF16 + Tm * d * BF16)
+    q.mem(f"{P}.moe.permute_bwd", Tm * k * d * BF16 + Tm * d * BF16, access="gather_sum")
     q.mem(f"{P}.moe.topk_bwd", Tm * c.E * FP32 * 3)
     _gemm_bwd(q, f"{P}.moe.router", Tm, c.E, d, c.router_dtype)
     # The norm's output feeds the router and the permute, and the shared expert: autograd sums

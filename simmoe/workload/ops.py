@@ -73,7 +73,8 @@ class MemoryOp(OpBase):
     # Kernel class (simmoe.compute.params.MEMORY_ACCESS): "stream" for coalesced reads and writes,
     # "last_dim_cat" for torch.cat along the last dimension of non-contiguous inputs, "strided"
     # for an element-wise op over a slice of the last dimension (eager stacks), "gather" for a row
-    # gather whose bytes count a read per output row (the MoE permute).
+    # gather whose bytes count a read per output row (the MoE permute), "gather_sum" for a sum of
+    # each token's k gathered rows into its row (the MoE unpermute, the permute's backward).
     access: str = "stream"
 
 
