@@ -14,7 +14,7 @@ A ratio above 1 is a kernel slower than the roofline says. docs/calibration.md r
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import importlib.util
 import statistics
 import sys
@@ -41,13 +41,10 @@ def traced_over_roofline(clocks: str = "sustained") -> list[dict]:
 
     gt = _ground_truth()
     kernels = pq.read_table(MEASURED / "h100-kernels-fused.parquet").to_pylist()
-    with open(MEASURED / "h100-fused-preheat.csv", newline="") as handle:
-        cases = list(csv.DictReader(handle))
     model = load_compute_model("H100-SXM", None, dtypes=("bf16",), clocks=clocks)
     out = []
-    for row in cases:
-        case = gt.Case(hidden=int(row["hidden"]), experts=int(row["experts"]), top_k=int(row["top_k"]),
-                       routing=row["routing"], tokens=int(row["tokens"]), expert_ffn=int(row["expert_ffn"]))
+    for row in gt.read_rows(str(MEASURED / "h100-fused-preheat.csv")):
+        case = gt.Case(*(row[f.name] for f in dataclasses.fields(gt.Case)))
         hist = gt.routing_histogram(case.experts, case.tokens, case.top_k, case.routing)
         predicted = gt.predict(case, hist, model)["per_op"]
         # CUTLASS grouped kernels of the trace: fc1, fc2, then two per backward GEMM (fc2, fc1)
